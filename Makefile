@@ -1,0 +1,53 @@
+# sslbook: two commands do everything.
+#   make book   install into .venv (once) and build the book into _build/html
+#   make test   install into .venv (once), build the book, run every test and every notebook (smoke)
+#   make execute  re-run every notebook top to bottom in the `cpu` profile and store its outputs
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED_CIFAR := ../shared/data/cifar10/materialize.py
+
+# Where datasets live; the package reads the same variable (default ~/.cache/sslbook/data).
+export SSLBOOK_DATA ?= $(CURDIR)/data
+# No notebook or test should ever try to reach the network for plots or fonts.
+export MPLBACKEND ?= Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: install data book test unit notebooks execute bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (sslbook)" > /dev/null
+	touch $(STAMP)
+
+# The offline CIFAR-10 copy, when this checkout sits beside ../shared (CI, the developers' machines).
+# Elsewhere the loaders download CIFAR-10 with torchvision on first use.
+data: $(STAMP)
+	@if [ ! -d "$(SSLBOOK_DATA)/cifar-10-batches-py" ] && [ -f "$(SHARED_CIFAR)" ]; then \
+	  $(PY) $(SHARED_CIFAR) "$(SSLBOOK_DATA)"; fi
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --builder html -W --keep-going
+
+unit: data
+	SSLBOOK_PROFILE=smoke $(PY) -m pytest tests -q -ra
+
+notebooks: data
+	SSLBOOK_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider chapters -q -ra
+
+test: data book
+	SSLBOOK_REQUIRE_BOOK=1 SSLBOOK_PROFILE=smoke $(PY) -m pytest tests -q -ra
+	SSLBOOK_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider chapters -q -ra
+
+execute: data
+	SSLBOOK_PROFILE=cpu $(PY) scripts/execute_notebooks.py chapters
+
+clean:
+	rm -rf _build

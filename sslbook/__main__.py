@@ -1,0 +1,96 @@
+"""Command line: ``python -m sslbook train|eval ...``.
+
+    python -m sslbook train                                   # SimCLR on CIFAR-10, auto profile
+    python -m sslbook train configs/cifar10/simclr.yaml optim.lr=0.3 epochs=100
+    torchrun --nproc_per_node=8 -m sslbook train configs/imagenet/simclr.yaml data.root=/data/imagenet
+    python -m sslbook eval runs/simclr-cifar10-cpu/checkpoint.pt --linear
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    print(json.dumps(result.results, indent=2))
+    return 0
+
+
+def _eval(args) -> int:
+    import torch
+
+    from . import eval as ev
+    from .profiles import default_device
+    from .trainer import dataset_stats, features_of, load_datasets, method_from_checkpoint
+
+    device = default_device()
+    method, cfg = method_from_checkpoint(args.checkpoint, device)
+    if args.data_root:
+        cfg.data.root = args.data_root
+    cfg.data.train_images, cfg.data.test_images = args.train_images, args.test_images
+    train_set, test_set = load_datasets(cfg)
+    if test_set is None:
+        raise SystemExit(f"{cfg.data.dataset} at {cfg.data.root} has no test/val split to evaluate on")
+    mean, std, size = dataset_stats(train_set)
+    train_x, train_y = features_of(method, train_set, mean, std, size, device)
+    test_x, test_y = features_of(method, test_set, mean, std, size, device)
+    results = {"checkpoint": str(args.checkpoint), "train_images": len(train_y), "test_images": len(test_y)}
+    for k in args.knn_k:
+        results[f"knn{k}_top1"] = ev.knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=cfg.knn_temperature)
+    if args.linear:
+        probe = ev.linear_probe(train_x, train_y, test_x, test_y, epochs=args.linear_epochs)
+        results["linear_top1"] = probe["test_top1"]
+    print(json.dumps(results, indent=2))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sslbook", description="Contrastive self-supervised learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="pre-train a method", description="Pre-train a method. Overrides are "
+                       "key=value pairs, e.g. optim.lr=0.3 epochs=100 method_args.temperature=0.2 profile=cpu")
+    p.add_argument("config", nargs="?", default=None, help="a YAML config (default: SimCLR on CIFAR-10)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint with kNN and a linear probe")
+    p.add_argument("checkpoint")
+    p.add_argument("--knn-k", type=int, nargs="+", default=[200, 20])
+    p.add_argument("--linear", action="store_true", help="also train a linear probe on frozen features")
+    p.add_argument("--linear-epochs", type=int, default=100)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--train-images", type=int, default=None)
+    p.add_argument("--test-images", type=int, default=None)
+    p.add_argument("--out", default=None, help="results file (default: eval.json beside the checkpoint)")
+    p.set_defaults(run=_eval)
+
+    args = parser.parse_args(argv)
+    # A config file given without overrides may have been mistaken for an override, and vice versa.
+    if getattr(args, "config", None) and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = None
+    from .config import ConfigError
+    from .data import DatasetFormatError, DatasetNotFoundError
+    from .trainer import CheckpointError, TrainingDiverged
+
+    try:
+        return args.run(args)
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, CheckpointError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,567 @@
+"""Batched image augmentations for contrastive self-supervised learning.
+
+Every method in this book learns by comparing two (or more) random *views* of the same
+image, so the augmentation pipeline is as much a part of the method as the loss. The
+usual way to build views is a torchvision ``transforms.Compose`` applied to one PIL image
+at a time inside ``DataLoader`` workers. That is simple, but on a small machine it is the
+bottleneck: the model waits for the CPU workers.
+
+This module does the same augmentations on a whole ``uint8`` batch at once, on whatever
+device the batch lives on (CPU or GPU):
+
+* every sample gets its own random parameters (crop box, flip, jitter factors, jitter
+  order, ...), drawn as tensors of shape ``[B]``;
+* there is no Python loop over samples, only over the handful of ops;
+* all randomness comes from torch's global RNG, so ``torch.manual_seed`` makes it
+  deterministic and a checkpoint of the RNG state resumes it exactly.
+
+Each functional op below says which torchvision op it matches; ``tests/test_augment.py``
+checks them against torchvision pixel by pixel.
+
+Reading order: the functional ops (crop+resize, flip, colour, blur, solarize, normalise),
+then the random-parameter samplers, then ``ViewSpec`` / ``Augment``, then the recipes of
+the papers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# ITU-R 601-2 luma weights, the ones torchvision (and PIL's "L" mode) use for grayscale.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+# ----------------------------------------------------------------------------------------
+# Crop + resize (+ flip) as two small matrix products
+# ----------------------------------------------------------------------------------------
+
+
+def _resample_matrix(start: torch.Tensor, length: torch.Tensor, size: int, in_size: int) -> torch.Tensor:
+    """Per-sample 1-D resampling matrices ``[B, size, in_size]`` for one image axis.
+
+    Row ``i`` of sample ``b`` holds the weights with which output pixel ``i`` averages the
+    input pixels ``start[b] .. start[b] + length[b] - 1`` (the crop). They are the weights
+    of ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
+    antialias=True)``, which is what torchvision's ``resize`` calls:
+
+    * the crop is stretched onto the output: ``scale = length / size`` input pixels per
+      output pixel, output pixel ``i`` is centred at ``(i + 0.5) * scale`` in the crop;
+    * the filter is a triangle ("tent") whose half-width is 1 pixel when upsampling and
+      ``scale`` pixels when downsampling (that widening *is* the antialiasing);
+    * weights are only taken from pixels inside the crop and renormalised to sum to 1,
+      which is the same as torch's edge clamping.
+    """
+    dev = start.device
+    start = start.to(torch.float32)[:, None, None]
+    length = length.to(torch.float32)[:, None, None]
+    scale = length / size
+    support = scale.clamp(min=1.0)  # tent half-width in input pixels
+    centre = (torch.arange(size, device=dev, dtype=torch.float32)[None, :, None] + 0.5) * scale
+    u = torch.arange(in_size, device=dev, dtype=torch.float32)[None, None, :] - start  # crop coords
+    weight = (1.0 - ((u + 0.5 - centre) / support).abs()).clamp_(min=0.0)
+    weight = weight * ((u >= 0) & (u < length))  # nothing from outside the crop
+    return weight / weight.sum(dim=-1, keepdim=True)
+
+
+def resized_crop(
+    images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Crop ``boxes[b] = (top, left, height, width)`` out of each image and resize it to
+    ``size x size`` (bilinear, antialiased): torchvision's
+    ``v2.functional.resized_crop(img, top, left, height, width, [size, size])``, per sample.
+
+    Cropping and bilinear resizing are both linear and separable, so for each sample the
+    whole thing is ``out = Wy @ img @ Wx.T`` with two tiny resampling matrices
+    (``_resample_matrix``). That is exact (same weights as torch's interpolate, borders
+    included), needs no per-sample Python, and costs two batched matmuls.
+
+    Two things come for free inside the matrices:
+
+    * ``uint8`` input is scaled to ``[0, 1]`` by folding ``1/255`` into ``Wy``;
+    * ``flip`` (optional bool ``[B]``) mirrors the chosen samples horizontally
+      (``RandomHorizontalFlip``) by reversing the rows of their ``Wx``.
+
+    Boxes must lie inside the image (``sample_crop_boxes`` guarantees it).
+    Returns float32 ``[B, C, size, size]``.
+    """
+    B, C, H, W = images.shape
+    boxes = boxes.to(images.device)
+    wy = _resample_matrix(boxes[:, 0], boxes[:, 2], size, H)  # [B, size, H]
+    wx = _resample_matrix(boxes[:, 1], boxes[:, 3], size, W)  # [B, size, W]
+    if images.dtype == torch.uint8:
+        wy = wy / 255.0
+    if flip is not None:
+        wx = torch.where(flip.to(images.device)[:, None, None], wx.flip(1), wx)
+    # Rows first: lay the batch out as [B, H, C*W] so one bmm handles all channels.
+    x = images.permute(0, 2, 1, 3).to(torch.float32).reshape(B, H, C * W)
+    x = torch.bmm(wy, x)  # [B, size, C*W]
+    # Then columns: [B, size*C, W] @ [B, W, size] -> [B, size*C, size].
+    x = torch.bmm(x.view(B, size * C, W), wx.transpose(1, 2))
+    return x.view(B, size, C, size).permute(0, 2, 1, 3).contiguous()
+
+
+def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the samples where ``mask`` (bool ``[B]``) is True
+    (``v2.functional.horizontal_flip``)."""
+    return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+# ----------------------------------------------------------------------------------------
+# Colour ops. Inputs are float [B, 3, H, W] in [0, 1]; factors are [B] tensors (or floats).
+# ----------------------------------------------------------------------------------------
+
+
+def _per_sample(factors, images: torch.Tensor) -> torch.Tensor:
+    """A float or ``[B]`` tensor of factors, shaped ``[B, 1, 1, 1]`` to broadcast."""
+    f = torch.as_tensor(factors, dtype=images.dtype, device=images.device)
+    return f.view(-1, 1, 1, 1) if f.ndim else f
+
+
+def rgb_to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """Luma ``0.2989 R + 0.587 G + 0.114 B`` as ``[B, 1, H, W]``
+    (``v2.functional.rgb_to_grayscale``). Expand it to 3 channels for ``RandomGrayscale``."""
+    r, g, b = images.unbind(dim=1)
+    return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``f * images + (1 - f) * other``, clipped to [0, 1]: torchvision's ``_blend``."""
+    return (images * f + other * (1.0 - f)).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(images: torch.Tensor, factors) -> torch.Tensor:
+    """Scale intensities by ``factor`` and clip (``v2.functional.adjust_brightness``):
+    blending with a black image."""
+    return (images * _per_sample(factors, images)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(images: torch.Tensor, factors) -> torch.Tensor:
+    """Blend each image with its mean grey level (``v2.functional.adjust_contrast``):
+    0 gives a flat grey image, 1 the original, > 1 more contrast."""
+    mean = rgb_to_grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(images, mean, _per_sample(factors, images))
+
+
+def adjust_saturation(images: torch.Tensor, factors) -> torch.Tensor:
+    """Blend each image with its own grayscale version (``v2.functional.adjust_saturation``):
+    0 gives grayscale, 1 the original, > 1 more saturated colours."""
+    return _blend(images, rgb_to_grayscale(images), _per_sample(factors, images))
+
+
+def adjust_hue(images: torch.Tensor, factors) -> torch.Tensor:
+    """Rotate the hue by ``factor`` turns, ``factor`` in [-0.5, 0.5]
+    (``v2.functional.adjust_hue``: RGB -> HSV, shift H, HSV -> RGB).
+
+    Rather than building the HSV image and looking the six colour-wheel sectors up in a
+    table (as torchvision does), we use the closed form of HSV -> RGB: with
+    ``V = max(R,G,B)``, chroma ``C = max - min`` and the hue ``h`` in sixths of a turn,
+
+        channel_n = V - C * clip(min(k, 4 - k), 0, 1),   k = (n + h) mod 6,  n = 5, 3, 1 for R, G, B
+
+    which is the same function (Saturation and Value are untouched by a hue shift) with
+    far fewer passes over the batch.
+    """
+    r, g, b = images.unbind(dim=1)
+    maxc, _ = images.max(dim=1)
+    minc, _ = images.min(dim=1)
+    chroma = maxc - minc
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))  # grey pixels: h is irrelevant
+    # Hue in sixths of a turn, as in PIL / torchvision's _rgb_to_hsv (ties go R, then G, then B).
+    h = torch.where(
+        maxc == r, (g - b) / safe, torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
+    )
+    h = h + 6.0 * _per_sample(factors, images).squeeze(1)
+    n = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(h.unsqueeze(1) + n, 6.0)
+    k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * k
+
+
+JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def apply_color_jitter(
+    images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, apply: torch.Tensor, enabled=(1, 1, 1, 1)
+) -> torch.Tensor:
+    """Apply brightness, contrast, saturation, hue (op ids 0..3) to the samples where
+    ``apply`` is True, sample ``b`` in the order ``order[b]`` (a permutation of 0..3) with
+    ``factors[b]`` = (brightness, contrast, saturation, hue): ``v2.ColorJitter.transform``
+    for every sample at once.
+
+    The order differs per sample, so for each of the 4 slots we run each op on just the
+    samples that have it in that slot: every sample is touched once per op, so the whole
+    jitter costs about 4 ops over the batch, whatever the mix of orders.
+    ``enabled[op]`` false skips an op (a zero range in ``ColorJitter``).
+    """
+    out = images.clone()
+    for slot in range(4):
+        for op_id, op in enumerate(JITTER_OPS):
+            if not enabled[op_id]:
+                continue
+            idx = ((order[:, slot] == op_id) & apply).nonzero().squeeze(1)
+            if idx.numel():
+                out[idx] = op(out[idx], factors[idx, op_id])
+    return out
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Gaussian blur with a per-sample ``sigma`` ([B]) and an odd ``kernel_size``, reflect
+    padding: ``v2.functional.gaussian_blur(img, [k, k], [sigma, sigma])`` per sample.
+
+    The 2-D Gaussian is the outer product of two 1-D ones, so we blur rows then columns
+    (2k instead of k^2 multiply-adds per pixel); the result is the same.
+    """
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    B, C, H, W = images.shape
+    half = kernel_size // 2
+    # torchvision's kernel: exp(-x^2 / (2 sigma^2)) at integer offsets x, normalised.
+    x = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
+    sigma = torch.as_tensor(sigma, device=images.device, dtype=images.dtype).reshape(-1, 1)
+    k1d = torch.softmax(-(x**2) / (2.0 * sigma**2), dim=-1).expand(B, kernel_size)
+    k1d = k1d.repeat_interleave(C, dim=0)  # one kernel per (sample, channel)
+    x = F.pad(images, (half, half, half, half), mode="reflect").reshape(1, B * C, H + 2 * half, W + 2 * half)
+    # Depthwise convolutions: every (sample, channel) plane is its own group.
+    x = F.conv2d(x, k1d.view(B * C, 1, 1, kernel_size), groups=B * C)
+    x = F.conv2d(x, k1d.view(B * C, 1, kernel_size, 1), groups=B * C)
+    return x.view(B, C, H, W)
+
+
+def solarize(images: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Invert the pixels ``>= threshold`` of the samples where ``mask`` is True
+    (``v2.functional.solarize``; BYOL's solarisation)."""
+    flip_pixel = (images >= threshold) & mask.view(-1, 1, 1, 1)
+    return torch.where(flip_pixel, 1.0 - images, images)
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """``(x - mean) / std`` per channel (``v2.functional.normalize``)."""
+    mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+# ----------------------------------------------------------------------------------------
+# Random parameters, one per sample, from torch's global RNG on the batch's device
+# ----------------------------------------------------------------------------------------
+
+
+def _uniform(B: int, low: float, high: float, device) -> torch.Tensor:
+    return torch.rand(B, device=device) * (high - low) + low
+
+
+def sample_crop_boxes(
+    B: int, H: int, W: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), device=None, tries: int = 10
+) -> torch.Tensor:
+    """``RandomResizedCrop``'s box distribution for ``B`` images of size ``H x W``, as a
+    long tensor ``[B, 4]`` of (top, left, height, width).
+
+    torchvision, per image: up to 10 times draw an area fraction ~ U(scale) and a log
+    aspect ratio ~ U(log ratio), round to integer w, h; take the first try that fits in the
+    image, at a uniformly random position. If none fits, fall back to a centre crop whose
+    aspect ratio is clipped into ``ratio``.
+
+    Vectorised: draw all 10 tries for all images at once, then pick each image's first
+    try that fits (``argmax`` over a bool mask returns the first True).
+    """
+    area = H * W
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    target_area = area * _uniform(B * tries, scale[0], scale[1], device).view(B, tries)
+    aspect = torch.exp(_uniform(B * tries, *log_r, device).view(B, tries))
+    # torch.round and Python's round both round half to even.
+    w = torch.round(torch.sqrt(target_area * aspect)).long()
+    h = torch.round(torch.sqrt(target_area / aspect)).long()
+    fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+    first = fits.long().argmax(dim=1, keepdim=True)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    ok = fits.any(dim=1)
+
+    # The fallback centre crop (same for every image that needs it).
+    in_ratio = W / H
+    if in_ratio < min(ratio):
+        fw, fh = W, int(round(W / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(H * max(ratio))), H
+    else:
+        fw, fh = W, H
+    w = torch.where(ok, w, torch.full_like(w, fw))
+    h = torch.where(ok, h, torch.full_like(h, fh))
+    # Uniform integer position in [0, H - h] (randint's range), vectorised.
+    top = (torch.rand(B, device=device) * (H - h + 1)).long().clamp_(max=H - h)
+    left = (torch.rand(B, device=device) * (W - w + 1)).long().clamp_(max=W - w)
+    top = torch.where(ok, top, (H - h) // 2)
+    left = torch.where(ok, left, (W - w) // 2)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def _jitter_range(value: float, center: float, bound: tuple[float, float]):
+    """``ColorJitter``'s reading of one strength: ``[center - v, center + v]`` clipped to
+    ``bound``, or None (op disabled) when ``v == 0``."""
+    if value == 0:
+        return None
+    return (max(center - value, bound[0]), min(center + value, bound[1]))
+
+
+def sample_jitter_params(B: int, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8, device=None):
+    """Per-sample ``RandomApply([ColorJitter(b, c, s, h)], p)`` parameters:
+    ``factors [B, 4]`` (brightness, contrast, saturation, hue), ``order [B, 4]`` (a random
+    permutation of the op ids per sample, like ``torch.randperm(4)``), ``apply [B]`` bool
+    and ``enabled`` (which of the 4 ops have a non-zero range)."""
+    ranges = [
+        _jitter_range(brightness, 1.0, (0.0, math.inf)),
+        _jitter_range(contrast, 1.0, (0.0, math.inf)),
+        _jitter_range(saturation, 1.0, (0.0, math.inf)),
+        _jitter_range(hue, 0.0, (-0.5, 0.5)),
+    ]
+    identity = (1.0, 1.0, 1.0, 0.0)
+    factors = torch.stack(
+        [_uniform(B, *r, device) if r else torch.full((B,), identity[i], device=device) for i, r in enumerate(ranges)],
+        dim=1,
+    )
+    order = torch.rand(B, 4, device=device).argsort(dim=1)  # uniform random permutations
+    apply = torch.rand(B, device=device) < p
+    return dict(factors=factors, order=order, apply=apply, enabled=tuple(r is not None for r in ranges))
+
+
+def color_jitter(images: torch.Tensor, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8) -> torch.Tensor:
+    """``RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`` on each
+    sample independently, each with its own factors and its own random op order."""
+    params = sample_jitter_params(images.shape[0], brightness, contrast, saturation, hue, p, images.device)
+    return apply_color_jitter(images, **params)
+
+
+def blur_kernel_size(size: int, frac: float = 0.1) -> int:
+    """SimCLR's blur kernel: ``frac`` of the image side, made odd (224 px -> 23), at least 3."""
+    k = int(frac * size)
+    return max(3, k + 1 if k % 2 == 0 else k)
+
+
+# ----------------------------------------------------------------------------------------
+# Views and the module
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ViewSpec:
+    """The recipe of one view: plain data, so the YAML configs can build it.
+
+    The ops run in the order torchvision pipelines in the papers use: random resized crop,
+    horizontal flip, colour jitter (p = ``jitter_p``), grayscale (p = ``gray_p``),
+    Gaussian blur (p = ``blur_p``), solarize (p = ``solarize_p``), normalise.
+    """
+
+    size: int = 32  # output side
+    crop: bool = True  # False: resize the whole image (eval views)
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # ColorJitter(b, c, s, h)
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    gray_before_jitter: bool = False  # MoCo v1 / InstDisc put RandomGrayscale before ColorJitter
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_frac: float = 0.1  # kernel side = ~10% of image side, odd (SimCLR)
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+    mean: tuple = CIFAR10_MEAN
+    std: tuple = CIFAR10_STD
+
+
+def _check_batch(images) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"expected a torch.Tensor of uint8 images [B, 3, H, W], got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"expected uint8 images [B, 3, H, W] with values 0..255, got dtype {images.dtype} "
+            "(convert with (x * 255).round().to(torch.uint8) if you have floats in [0, 1])"
+        )
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected a batch of RGB images of shape [B, 3, H, W], got shape {tuple(images.shape)}")
+
+
+class Augment(torch.nn.Module):
+    """Turn a ``uint8`` batch ``[B, 3, H, W]`` into one normalised float view
+    ``[B, 3, size, size]`` per ``ViewSpec``, on the batch's device.
+
+    Each view draws its own random parameters for every sample, so the views of one image
+    are independent. There are no learnable parameters; it is a Module only so it can sit
+    in a model or be moved with ``.to()`` like one.
+    """
+
+    def __init__(self, views: list[ViewSpec]):
+        super().__init__()
+        if isinstance(views, ViewSpec):
+            views = [views]
+        if not views:
+            raise ValueError("Augment needs at least one ViewSpec")
+        self.views = list(views)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        _check_batch(images)
+        return [self.view(images, spec) for spec in self.views]
+
+    @staticmethod
+    def view(images: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+        """One view of every image in the batch."""
+        B, _, H, W = images.shape
+        dev = images.device
+        # Draw every random parameter first, whether or not the op ends up applied, so the
+        # amount of RNG consumed never depends on the data.
+        if spec.crop:
+            boxes = sample_crop_boxes(B, H, W, spec.scale, spec.ratio, device=dev)
+        else:
+            boxes = torch.tensor([0, 0, H, W], device=dev).expand(B, 4)
+        flip = torch.rand(B, device=dev) < spec.flip_p
+        jit = sample_jitter_params(B, *spec.jitter, p=spec.jitter_p, device=dev)
+        gray = torch.rand(B, device=dev) < spec.gray_p
+        blur = torch.rand(B, device=dev) < spec.blur_p
+        sigma = _uniform(B, *spec.blur_sigma, dev)
+        sol = torch.rand(B, device=dev) < spec.solarize_p
+
+        # Crop, resize, flip and uint8 -> [0, 1] in one go (see resized_crop).
+        if not spec.crop and (H, W) == (spec.size, spec.size):
+            x = images.to(torch.float32).div_(255.0)  # eval at native size: nothing to resample
+        else:
+            x = resized_crop(images, boxes, spec.size, flip=flip if spec.flip_p > 0 else None)
+
+        if spec.gray_before_jitter:
+            x = _random_grayscale(x, gray)
+        if spec.jitter_p > 0 and any(jit["enabled"]):
+            x = apply_color_jitter(x, **jit)
+        if not spec.gray_before_jitter:
+            x = _random_grayscale(x, gray)
+        if spec.blur_p > 0:
+            idx = blur.nonzero().squeeze(1)
+            if idx.numel():
+                k = blur_kernel_size(spec.size, spec.blur_kernel_frac)
+                x[idx] = gaussian_blur(x[idx], sigma[idx], k)
+        if spec.solarize_p > 0:
+            x = solarize(x, sol, spec.solarize_threshold)
+        return normalize(x, spec.mean, spec.std)
+
+    def extra_repr(self) -> str:
+        return "\n".join(repr(v) for v in self.views)
+
+
+def _random_grayscale(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``RandomGrayscale``: replace the masked samples by their 3-channel luma."""
+    return torch.where(mask.view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
+
+
+# ----------------------------------------------------------------------------------------
+# Recipes of the papers
+# ----------------------------------------------------------------------------------------
+
+# Gaussian blur only at ImageNet-like resolution: SimCLR dropped it for 32 px CIFAR-10
+# (Appendix B.9), and so do the CIFAR versions of the other methods.
+BLUR_MIN_SIZE = 64
+
+
+def _blur(size: int, p: float) -> float:
+    return p if size >= BLUR_MIN_SIZE else 0.0
+
+
+def _simclr(size, mean, std):
+    """SimCLR (Chen et al. 2020), Appendix A: RandomResizedCrop(scale 0.08-1), flip,
+    ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) p=0.8, RandomGrayscale p=0.2, GaussianBlur
+    p=0.5 sigma 0.1-2.0 kernel 10% of the side. Colour strength s=1.0 on ImageNet, s=0.5 on
+    CIFAR-10 (-> 0.4, 0.4, 0.4, 0.1) where the blur is also left out. Two identical views."""
+    s = 1.0 if size >= BLUR_MIN_SIZE else 0.5
+    v = ViewSpec(size=size, scale=(0.08, 1.0), jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), jitter_p=0.8,
+                 gray_p=0.2, blur_p=_blur(size, 0.5), mean=mean, std=std)
+    return [v, replace(v)]
+
+
+def _instdisc_view(size, mean, std):
+    # InstDisc (Wu et al. 2018) / MoCo v1 (He et al. 2020): RandomResizedCrop(scale 0.2-1),
+    # RandomGrayscale p=0.2, ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip -- in that order.
+    return ViewSpec(size=size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_p=0.2,
+                    gray_before_jitter=True, mean=mean, std=std)
+
+
+def _instdisc(size, mean, std):
+    """InstDisc (Wu et al. 2018): one view per image (the other side is the memory bank):
+    crop(0.2, 1), grayscale p=0.2, jitter(0.4, 0.4, 0.4, 0.4) always, flip."""
+    return [_instdisc_view(size, mean, std)]
+
+
+def _moco_v1(size, mean, std):
+    """MoCo v1 (He et al. 2020), InstDisc's augmentation for query and key: crop(0.2, 1),
+    grayscale p=0.2, jitter(0.4, 0.4, 0.4, 0.4) always, flip."""
+    v = _instdisc_view(size, mean, std)
+    return [v, replace(v)]
+
+
+def _moco_v2(size, mean, std):
+    """MoCo v2 (Chen et al. 2020, "Improved baselines"): crop(0.2, 1), jitter(0.4, 0.4, 0.4,
+    0.1) p=0.8, grayscale p=0.2, GaussianBlur sigma 0.1-2.0 p=0.5 (ImageNet scale only), flip."""
+    v = ViewSpec(size=size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
+                 blur_p=_blur(size, 0.5), blur_sigma=(0.1, 2.0), mean=mean, std=std)
+    return [v, replace(v)]
+
+
+def _simsiam(size, mean, std):
+    """SimSiam (Chen & He 2021) uses MoCo v2's augmentation unchanged."""
+    return _moco_v2(size, mean, std)
+
+
+def _byol(size, mean, std):
+    """BYOL (Grill et al. 2020), Table 6: asymmetric views. Both: crop(0.08, 1), flip,
+    jitter(0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur sigma 0.1-2.0 (kernel 23 at 224).
+    View 1: blur p=1.0, solarize p=0. View 2: blur p=0.1, solarize p=0.2.
+    At 32 px the blur is left out, the solarisation kept."""
+    v1 = ViewSpec(size=size, scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2,
+                  blur_p=_blur(size, 1.0), solarize_p=0.0, mean=mean, std=std)
+    v2 = replace(v1, blur_p=_blur(size, 0.1), solarize_p=0.2)
+    return [v1, v2]
+
+
+def _swav(size, mean, std):
+    """SwAV (Caron et al. 2020): multi-crop, 2 global + 6 local views. ImageNet: 224 px with
+    scale (0.14, 1) and 96 px with scale (0.05, 0.14); here the local side is 3/7 of the
+    global one (96/224), so 32 px -> 2 x 32 + 6 x 14... rounded up to 18 px as in CIFAR
+    ports, see below. Every crop: flip, jitter(0.8, 0.8, 0.8, 0.2) p=0.8, grayscale p=0.2,
+    Gaussian blur p=0.5 sigma 0.1-2.0 (ImageNet scale only)."""
+    local = 96 if size == 224 else max(8, round(size * 0.5625))  # 32 -> 18, 224 -> 96
+    g = ViewSpec(size=size, scale=(0.14, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2,
+                 blur_p=_blur(size, 0.5), blur_sigma=(0.1, 2.0), mean=mean, std=std)
+    l = replace(g, size=local, scale=(0.05, 0.14))
+    return [g, replace(g)] + [replace(l) for _ in range(6)]
+
+
+def _eval(size, mean, std):
+    """Evaluation (linear probe, k-NN): no randomness, resize the whole image to ``size`` if
+    it is not already that size, then normalise."""
+    return [ViewSpec(size=size, crop=False, flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0,
+                     mean=mean, std=std)]
+
+
+RECIPES = {
+    "simclr": _simclr,
+    "moco_v1": _moco_v1,
+    "moco_v2": _moco_v2,
+    "byol": _byol,
+    "swav": _swav,
+    "simsiam": _simsiam,
+    "instdisc": _instdisc,
+    "eval": _eval,
+}
+
+
+def recipe(name: str, size: int = 32, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> list[ViewSpec]:
+    """The list of ``ViewSpec`` a paper used, at output side ``size`` (32 for CIFAR-10, 224
+    for ImageNet). ``Augment(recipe("simclr"))`` is SimCLR's CIFAR-10 augmentation."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown augmentation recipe {name!r}; valid names: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name](size, tuple(mean), tuple(std))

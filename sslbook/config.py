@@ -1,0 +1,271 @@
+"""Run configurations: plain dataclasses, read from YAML, changed with ``key=value`` overrides.
+
+    cfg = load_config("configs/cifar10/simclr.yaml", ["optim.lr=0.3", "epochs=100"])
+
+Every key is checked: a misspelt key fails at once with the list of valid keys, and a value of
+the wrong type names the key. A config is built in three layers: the dataclass defaults, the YAML
+file, the run profile (``smoke``/``cpu`` shrink the run to fit a CPU; ``gpu`` keeps the file's
+recipe), and finally the command-line overrides, which win over everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .profiles import Profile, get_profile
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used as it is."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"  # cifar10 | cifar100 | stl10 | imagefolder
+    root: Optional[str] = None  # data root (default $SSLBOOK_DATA); for imagefolder the folder holding train/ and val/
+    train_images: Optional[int] = None  # use a class-balanced subset of this many training images
+    test_images: Optional[int] = None  # likewise for the test images of the kNN monitor
+    load_size: int = 256  # imagefolder: decode to this square size; the augmentations crop from it
+    num_workers: int = 8  # imagefolder: decoding processes
+    on_device: bool = True  # in-memory datasets: keep the whole uint8 dataset on the GPU
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "resnet18"  # resnet18 | resnet34 | resnet50 | vit_tiny
+    width: int = 64  # ResNet first-stage channels (64 = standard)
+    stem: str = "cifar"  # cifar (3x3, stride 1, no max-pool) | imagenet (7x7, stride 2, max-pool)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw | lars
+    lr: float = 0.06  # base learning rate for a batch of `lr_batch` images (see lr_scaling)
+    lr_scaling: str = "linear"  # linear: lr * batch/lr_batch (Goyal et al. 2017) | sqrt | none
+    lr_batch: int = 256
+    momentum: float = 0.9
+    betas: tuple = (0.9, 0.999)  # adamw
+    weight_decay: float = 5e-4
+    exclude_bias_and_norm: bool = True  # no decay (and no LARS adaptation) for biases and norm layers
+    lars_eta: float = 0.001  # LARS trust coefficient
+    warmup_epochs: float = 10.0
+    schedule: str = "cosine"  # cosine | constant
+    min_lr: float = 0.0  # as a fraction of the peak learning rate
+
+
+@dataclass
+class Config:
+    method: str = "simclr"
+    method_args: dict = field(default_factory=dict)  # keyword arguments of the method's constructor
+    paper: str = ""  # where the hyper-parameters come from
+    profile: Optional[str] = None  # smoke | cpu | gpu; None = $SSLBOOK_PROFILE or auto
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: Union[str, list] = "simclr"  # a recipe name of sslbook.augment, or a list of view dicts
+    batch_size: int = 512  # images per step over all processes (each gives two or more views)
+    epochs: int = 200
+    max_minutes: Optional[float] = None  # wall-clock budget for training (evaluation not counted)
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (tests, smoke runs)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the method
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    seed: int = 0
+    out_dir: Optional[str] = None  # default runs/<method>-<dataset>-<profile>
+    resume: str = "auto"  # auto: continue from out_dir/checkpoint.pt if there | never | a checkpoint path
+    overwrite: bool = False  # with resume=never: replace an existing run in out_dir
+    eval_every: int = 10  # kNN monitor every this many epochs (0 = only at the end)
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    log_every: int = 50  # steps between logged metrics (and host syncs)
+    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often
+    progress: bool = True  # tqdm progress bar
+    verbose: bool = True  # one line per epoch / evaluation
+
+
+# --------------------------------------------------------------------------- building and checking
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is Union:
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {where}{key!r}{hint}; valid keys: {', '.join(valid)}")
+
+
+def _set(obj, key: str, value: Any, where: str = "") -> None:
+    """Set ``obj.key = value`` after checking the key exists and the type fits."""
+    hints = _hints(type(obj))
+    if key not in hints:
+        raise _unknown_key(key, list(hints), where)
+    annotation = hints[key]
+    current = getattr(obj, key)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where}{key!r} is a section; give it a mapping of its keys")
+        for k, v in value.items():
+            _set(current, k, v, f"{where}{key}.")
+        return
+    if isinstance(value, list) and (annotation is tuple or typing.get_origin(annotation) is tuple):
+        value = tuple(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not _type_ok(value, annotation):
+        raise ConfigError(f"config key {where}{key!r} must be {_type_name(annotation)}, got {value!r}")
+    setattr(obj, key, value)
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.3"`` -> (["optim", "lr"], 0.3); the value is read as YAML (numbers, true, null, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. optim.lr=0.3)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(cfg: Config, path: list[str], value: Any) -> None:
+    obj, where = cfg, ""
+    for part in path[:-1]:
+        if part == "method_args" and obj is cfg:
+            cfg.method_args = dict(cfg.method_args)
+            nested = cfg.method_args
+            for sub in path[path.index(part) + 1:-1]:
+                nested = nested.setdefault(sub, {})
+            nested[path[-1]] = value
+            return
+        hints = _hints(type(obj))
+        if part not in hints or not dataclasses.is_dataclass(getattr(obj, part)):
+            raise _unknown_key(part, [k for k in hints if dataclasses.is_dataclass(getattr(obj, k))] or list(hints), where)
+        obj, where = getattr(obj, part), f"{where}{part}."
+    _set(obj, path[-1], value, where)
+
+
+def apply_profile(cfg: Config, profile: Profile) -> None:
+    """Shrink a run to the profile (``smoke``/``cpu``); ``gpu`` keeps the config's own recipe."""
+    if profile.name == "gpu":
+        return
+    cfg.model.width = profile.encoder_width
+    cfg.batch_size = profile.batch_size
+    cfg.epochs = min(cfg.epochs, profile.epochs)
+    cfg.max_minutes = profile.train_minutes
+    cfg.data.train_images = profile.train_images
+    cfg.data.test_images = profile.test_images
+    cfg.eval_every = profile.eval_every
+    cfg.data.num_workers = min(cfg.data.num_workers, profile.num_workers)
+    # A few-minute run cannot afford the papers' 10-epoch warm-up; the trainer also caps warm-up
+    # at a tenth of the planned steps.
+    cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, 1.0)
+    cfg.log_every = min(cfg.log_every, 20)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
+                profile: Optional[str] = None) -> Config:
+    """Defaults <- YAML file <- profile <- overrides. ``path=None`` gives SimCLR on CIFAR-10."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for the shipped ones")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
+        for key, value in raw.items():
+            _set(cfg, key, value)
+    parsed = [parse_override(o) for o in overrides or []]
+    for key_path, value in parsed:  # the profile override must be known before the profile applies
+        if key_path == ["profile"]:
+            _set(cfg, "profile", value)
+    if profile is not None:
+        cfg.profile = profile
+    chosen = get_profile(cfg.profile)
+    cfg.profile = chosen.name
+    apply_profile(cfg, chosen)
+    for key_path, value in parsed:
+        apply_override(cfg, key_path, value)
+    validate(cfg)
+    return cfg
+
+
+CHOICES = {
+    ("data", "dataset"): ("cifar10", "cifar100", "stl10", "imagefolder"),
+    ("model", "stem"): ("cifar", "imagenet"),
+    ("optim", "name"): ("sgd", "adamw", "lars"),
+    ("optim", "lr_scaling"): ("linear", "sqrt", "none"),
+    ("optim", "schedule"): ("cosine", "constant"),
+    ("precision",): ("fp32", "bf16", "fp16"),
+}
+
+
+def validate(cfg: Config) -> None:
+    for path, choices in CHOICES.items():
+        obj = cfg
+        for part in path[:-1]:
+            obj = getattr(obj, part)
+        value = getattr(obj, path[-1])
+        if value not in choices:
+            raise ConfigError(f"config key {'.'.join(path)!r} must be one of {', '.join(choices)}, got {value!r}")
+    for key in ("batch_size", "epochs", "log_every"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config key {key!r} must be positive, got {getattr(cfg, key)}")
+    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).suffix:
+        raise ConfigError(f"config key 'resume' must be auto, never or a checkpoint path, got {cfg.resume!r}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    for key, value in d.items():
+        _set(cfg, key, value)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    data = to_dict(cfg)
+    data["optim"]["betas"] = list(data["optim"]["betas"])
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

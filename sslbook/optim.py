@@ -1,0 +1,117 @@
+"""Optimisers and the learning-rate schedule.
+
+- SGD with momentum (MoCo, SimSiam, the CIFAR recipes), AdamW, and LARS (SimCLR, BYOL, SwAV at
+  large batch sizes; You et al. 2017).
+- Biases and normalisation parameters get no weight decay and no LARS adaptation, as the papers do.
+- The schedule is a pure function of the step: linear warm-up then cosine decay, so a checkpoint
+  needs only the step counter to resume it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose step for each layer is scaled by a trust ratio (You et al. 2017).
+
+        trust = eta * ||w|| / (||g|| + weight_decay * ||w||)
+        g    <- (g + weight_decay * w) * trust
+        v    <- momentum * v + g ;   w <- w - lr * v
+
+    Large batches need large learning rates, and one global rate is too much for some layers and
+    too little for others; the trust ratio makes each layer's update a fixed fraction of its weight
+    norm. Parameter groups with ``lars_exclude=True`` (biases, norms) skip the adaptation.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"] != 0:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    grad = grad.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(grad).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def trust_ratio(weight: torch.Tensor, grad: torch.Tensor, weight_decay: float = 0.0, eta: float = 0.001) -> float:
+    """The LARS trust ratio of one layer (for the chapter that shows it on real layers)."""
+    g = grad + weight_decay * weight
+    return float(eta * weight.norm() / g.norm())
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and biases/norm parameters (neither).
+
+    A parameter is "bias or norm" when it is one-dimensional: biases, BatchNorm/LayerNorm scales
+    and shifts. (ViT position embeddings and class tokens are excluded as well, as in DINO.)
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if exclude_bias_and_norm and (p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+def peak_lr(cfg: OptimConfig, batch_size: int) -> float:
+    """The learning rate after warm-up: ``cfg.lr`` scaled to the global batch size."""
+    ratio = batch_size / cfg.lr_batch
+    return cfg.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.lr_scaling]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    lr = peak_lr(cfg, batch_size)
+    if cfg.name == "sgd":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "adamw":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    if cfg.name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+    raise ValueError(f"unknown optimiser {cfg.name!r}; use sgd, adamw or lars")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str = "cosine",
+          min_lr: float = 0.0) -> float:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine decay to ``min_lr * peak``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    floor = min_lr * peak
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
