@@ -11,8 +11,6 @@ SHARED_CIFAR := ../shared/data/cifar10/materialize.py
 
 # Where datasets live; the package reads the same variable (default ~/.cache/sslbook/data).
 export SSLBOOK_DATA ?= $(CURDIR)/data
-# No notebook or test should ever try to reach the network for plots or fonts.
-export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: install data book test unit notebooks execute bench clean

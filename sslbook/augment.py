@@ -130,12 +130,12 @@ def rgb_to_grayscale(images: torch.Tensor) -> torch.Tensor:
     """Luma ``0.2989 R + 0.587 G + 0.114 B`` as ``[B, 1, H, W]``
     (``v2.functional.rgb_to_grayscale``). Expand it to 3 channels for ``RandomGrayscale``."""
     r, g, b = images.unbind(dim=1)
-    return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(1)
+    return (r * GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
 def _blend(images: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """``f * images + (1 - f) * other``, clipped to [0, 1]: torchvision's ``_blend``."""
-    return (images * f + other * (1.0 - f)).clamp_(0.0, 1.0)
+    return (images * f).add_(other * (1.0 - f)).clamp_(0.0, 1.0)
 
 
 def adjust_brightness(images: torch.Tensor, factors) -> torch.Tensor:
@@ -147,7 +147,9 @@ def adjust_brightness(images: torch.Tensor, factors) -> torch.Tensor:
 def adjust_contrast(images: torch.Tensor, factors) -> torch.Tensor:
     """Blend each image with its mean grey level (``v2.functional.adjust_contrast``):
     0 gives a flat grey image, 1 the original, > 1 more contrast."""
-    mean = rgb_to_grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    # The mean of the luma is the luma of the channel means: one pass instead of two.
+    weights = torch.tensor(GRAY_WEIGHTS, dtype=images.dtype, device=images.device)
+    mean = (images.mean(dim=(2, 3)) @ weights).view(-1, 1, 1, 1)
     return _blend(images, mean, _per_sample(factors, images))
 
 
@@ -161,29 +163,36 @@ def adjust_hue(images: torch.Tensor, factors) -> torch.Tensor:
     """Rotate the hue by ``factor`` turns, ``factor`` in [-0.5, 0.5]
     (``v2.functional.adjust_hue``: RGB -> HSV, shift H, HSV -> RGB).
 
-    Rather than building the HSV image and looking the six colour-wheel sectors up in a
-    table (as torchvision does), we use the closed form of HSV -> RGB: with
-    ``V = max(R,G,B)``, chroma ``C = max - min`` and the hue ``h`` in sixths of a turn,
+    A hue shift leaves V = max(R, G, B) and the chroma C = max - min alone, so we skip
+    building the HSV image and use the closed form of HSV -> RGB: with the hue ``h`` in
+    sixths of a turn,
 
-        channel_n = V - C * clip(min(k, 4 - k), 0, 1),   k = (n + h) mod 6,  n = 5, 3, 1 for R, G, B
+        channel_n = V - C * clip(min(k, 4 - k), 0, 1),   k = (n + h) mod 6,  n = 5, 3, 1 for R, G, B.
 
-    which is the same function (Saturation and Value are untouched by a hue shift) with
-    far fewer passes over the batch.
+    Same function as torchvision's table lookup over the six colour-wheel sectors, in far
+    fewer passes over the batch.
     """
     r, g, b = images.unbind(dim=1)
-    maxc, _ = images.max(dim=1)
-    minc, _ = images.min(dim=1)
-    chroma = maxc - minc
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))  # grey pixels: h is irrelevant
-    # Hue in sixths of a turn, as in PIL / torchvision's _rgb_to_hsv (ties go R, then G, then B).
-    h = torch.where(
-        maxc == r, (g - b) / safe, torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
-    )
-    h = h + 6.0 * _per_sample(factors, images).squeeze(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    # Which channel is the max, as float 0/1 masks (ties go to R, then G, as in PIL and
+    # torchvision). maxc - r >= 0, so its sign is 0 exactly when R is the max. Float
+    # arithmetic rather than bool masks + torch.where: several times faster on CPU.
+    is_r = 1.0 - torch.sign(maxc - r)
+    is_g = (1.0 - torch.sign(maxc - g)).mul_(1.0 - is_r)
+    is_b = 1.0 - is_r - is_g
+    # Hue * chroma, in sixths of a turn: R max -> (G - B), G max -> 2C + (B - R), B max -> 4C + (R - G).
+    h = (g - b).mul_(is_r)
+    h.addcmul_(chroma.mul(2.0).add_(b).sub_(r), is_g)
+    h.addcmul_(chroma.mul(4.0).add_(r).sub_(g), is_b)
+    # Grey pixels (C = 0) have h * C = 0 and any hue; dividing by a tiny number keeps them 0.
+    h.div_(chroma.clamp(min=1e-30)).add_(6.0 * _per_sample(factors, images).view(-1, 1, 1))
     n = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(h.unsqueeze(1) + n, 6.0)
-    k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * k
+    k = h.unsqueeze(1) + n
+    tmp = torch.div(k, 6.0).floor_().mul_(6.0)
+    k.sub_(tmp)  # k mod 6 (torch.remainder is much slower on CPU)
+    torch.minimum(k, tmp.copy_(k).neg_().add_(4.0), out=k).clamp_(0.0, 1.0)  # min(k, 4 - k) in [0, 1]
+    return k.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))  # V - C * k
 
 
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)

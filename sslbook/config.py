@@ -73,7 +73,7 @@ class Config:
     batch_size: int = 512  # images per step over all processes (each gives two or more views)
     epochs: int = 200
     max_minutes: Optional[float] = None  # wall-clock budget for training (evaluation not counted)
-    max_steps: Optional[int] = None  # stop after this many optimiser steps (tests, smoke runs)
+    max_steps: Optional[int] = None  # interrupt after this many steps (schedule unchanged; resumable)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a gradient scaler)
     channels_last: bool = False
     compile: bool = False  # torch.compile the method
@@ -120,7 +120,7 @@ def _hints(cls) -> dict:
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {where}{key!r}{hint}; valid keys: {', '.join(valid)}")
+    return ConfigError(f"unknown config key '{where}{key}'{hint}; valid keys: {', '.join(valid)}")
 
 
 def _set(obj, key: str, value: Any, where: str = "") -> None:
@@ -132,7 +132,7 @@ def _set(obj, key: str, value: Any, where: str = "") -> None:
     current = getattr(obj, key)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {where}{key!r} is a section; give it a mapping of its keys")
+            raise ConfigError(f"config key '{where}{key}' is a section; give it a mapping of its keys")
         for k, v in value.items():
             _set(current, k, v, f"{where}{key}.")
         return
@@ -141,7 +141,7 @@ def _set(obj, key: str, value: Any, where: str = "") -> None:
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not _type_ok(value, annotation):
-        raise ConfigError(f"config key {where}{key!r} must be {_type_name(annotation)}, got {value!r}")
+        raise ConfigError(f"config key '{where}{key}' must be {_type_name(annotation)}, got {value!r}")
     setattr(obj, key, value)
 
 

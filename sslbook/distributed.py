@@ -87,6 +87,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_process(flag: bool, device=None) -> bool:
+    """True if ``flag`` is true on any process: a decision all processes take together.
+
+    A collective (every process must call it, at the same point) and a host sync; the trainer uses
+    it at logging points to stop on a time budget, which each process reads from its own clock.
+    """
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

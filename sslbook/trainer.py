@@ -237,6 +237,8 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     world = dist.world_size()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    if cfg.sync_bn and world > 1 and device.type == "cpu":
+        raise ConfigError("sync_bn=true needs GPUs (torch's SyncBatchNorm does not run on the CPU); set sync_bn=false")
     torch.manual_seed(cfg.seed + dist.rank())
     np.random.seed(cfg.seed + dist.rank())
     random.seed(cfg.seed + dist.rank())
@@ -307,8 +309,6 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
             save_checkpoint(ckpt_path, cfg, method, optimizer, scaler, state)
 
     def plan(total: int) -> None:
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
         state.total_steps = max(1, total)
         # A short run cannot afford a long warm-up: cap it at a tenth of the run.
         state.warmup_steps = int(min(cfg.optim.warmup_epochs * steps_per_epoch, 0.1 * state.total_steps))
@@ -338,7 +338,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     last_log_time, last_log_images = time.perf_counter(), state.images_seen
     last_checkpoint = time.perf_counter()
     calibration_start = None
-    stop = state.finished
+    stop = state.finished or (cfg.max_steps is not None and state.step >= cfg.max_steps)
     method.train()
     while not stop and state.epoch < cfg.epochs:
         tick = time.perf_counter()
@@ -387,7 +387,13 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
                     progress.total = state.total_steps
                     progress.refresh()
 
-            done = state.step >= state.total_steps or (budget is not None and state.train_seconds >= budget)
+            over_budget = budget is not None and state.train_seconds >= budget
+            if budget is not None and world > 1:  # each process has its own clock, but all must stop at
+                # the same step (or the others wait in a collective for ever): decide together, when logging
+                over_budget = state.step % cfg.log_every == 0 and dist.any_process(over_budget, device)
+            finished = state.step >= state.total_steps or over_budget
+            # max_steps interrupts a run without changing its schedule (as a crash would); it can be resumed.
+            done = finished or (cfg.max_steps is not None and state.step >= cfg.max_steps)
             if state.step % cfg.log_every == 0 or done:
                 mean_loss = (running_loss / running_count).item()  # the host sync of a logging point
                 if not math.isfinite(mean_loss):
@@ -414,6 +420,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
                 progress.update(1)
             if done:
                 stop = True
+                state.finished = finished
                 break
         if not stop or state.batch >= steps_per_epoch:  # the epoch ran to its end
             state.epoch += 1
@@ -430,10 +437,11 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     if progress is not None:
         progress.close()
 
-    state.finished = True
+    if not stop:  # all epochs ran
+        state.finished = True
+    checkpoint()  # before the final evaluation, so a resumed run continues from exactly here
     final = evaluate(final=True)
     state.history.append(final)
-    checkpoint()
     results = {
         "method": cfg.method, "profile": cfg.profile, "dataset": cfg.data.dataset,
         "encoder": f"{cfg.model.encoder}-w{cfg.model.width}-{cfg.model.stem}",

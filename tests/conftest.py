@@ -1,0 +1,49 @@
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_cifar_fixture(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
+    """A tiny CIFAR-10 in the official pickle layout (5 train batches, 1 test batch, meta)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, size=n_per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                         b"filenames": [b"x.png"] * n_per_batch}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f, protocol=2)
+    return folder
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    write_cifar_fixture(tmp_path)
+    return tmp_path
+
+
+def real_cifar_root():
+    """The real (offline) CIFAR-10 copy if $SSLBOOK_DATA holds it, else None."""
+    root = os.environ.get("SSLBOOK_DATA")
+    if root and (Path(root) / "cifar-10-batches-py" / "data_batch_1").exists():
+        return Path(root)
+    return None
+
+
+def tiny_dataset(n=64, side=16, classes=4, seed=0):
+    from sslbook.data import ImageTensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % classes
+    return ImageTensorDataset(images, labels, [f"c{i}" for i in range(classes)], "tiny")
