@@ -39,9 +39,9 @@ def _eval(args) -> int:
     train_set, test_set = load_datasets(cfg)
     if test_set is None:
         raise SystemExit(f"{cfg.data.dataset} at {cfg.data.root} has no test/val split to evaluate on")
-    mean, std, size = dataset_stats(train_set)
-    train_x, train_y = features_of(method, train_set, mean, std, size, device)
-    test_x, test_y = features_of(method, test_set, mean, std, size, device)
+    mean, std, size = dataset_stats(train_set, cfg.data.crop_size)
+    train_x, train_y = features_of(method, train_set, mean, std, size, device, num_workers=cfg.data.num_workers)
+    test_x, test_y = features_of(method, test_set, mean, std, size, device, num_workers=cfg.data.num_workers)
     results = {"checkpoint": str(args.checkpoint), "train_images": len(train_y), "test_images": len(test_y)}
     for k in args.knn_k:
         results[f"knn{k}_top1"] = ev.knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=cfg.knn_temperature)

@@ -41,11 +41,68 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 # ----------------------------------------------------------------------------------------
-# Crop + resize (+ flip) as two small matrix products
+# Crop + resize (+ flip), per sample, in one resampling step
 # ----------------------------------------------------------------------------------------
 
 
-def _resample_matrix(start: torch.Tensor, length: torch.Tensor, size: int, in_size: int) -> torch.Tensor:
+def resized_crop(
+    images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Crop ``boxes[b] = (top, left, height, width)`` out of each image and resize it to
+    ``size x size`` (bilinear, antialiased): torchvision's
+    ``v2.functional.resized_crop(img, top, left, height, width, [size, size])``, per sample.
+
+    ``flip`` (optional bool ``[B]``) also mirrors the chosen samples left-right
+    (``RandomHorizontalFlip``) at no cost, by reading their crop columns backwards.
+    ``uint8`` input is scaled to [0, 1]. Boxes must lie inside the image
+    (``sample_crop_boxes`` guarantees it). Returns float32 ``[B, C, size, size]``.
+
+    Two exact implementations, picked per batch:
+
+    * every crop side <= ``size`` (always so for RandomResizedCrop of a 32 px image to
+      32 px): the resize only upsamples, where antialiasing does nothing and bilinear
+      interpolation is 4 pixels per output pixel: one ``grid_sample`` (``_crop_upsample``);
+    * otherwise some crop is shrunk, and torchvision's antialiasing averages over a wider
+      window: two small matrix products per sample (``_crop_resample_matrices``).
+    """
+    boxes = boxes.to(images.device)
+    if bool((boxes[:, 2:] <= size).all()):
+        x = _crop_upsample(images.to(torch.float32), boxes, size, flip)
+        return x.mul_(1.0 / 255.0) if images.dtype == torch.uint8 else x
+    return _crop_resample_matrices(images, boxes, size, flip)
+
+
+def _crop_upsample(images: torch.Tensor, boxes: torch.Tensor, size: int, flip) -> torch.Tensor:
+    """Bilinear crop-and-upsample with ``grid_sample``, exactly like torch's
+    ``interpolate(mode="bilinear", align_corners=False)`` on the cropped image.
+
+    Output pixel ``i`` of a crop of length ``L`` reads crop coordinate
+    ``(i + 0.5) * L / size - 0.5``, clamped to ``[0, L - 1]``: the clamp makes the crop's
+    own edge pixels repeat, as they do when torchvision resizes the cropped image (a plain
+    ``grid_sample`` on the whole image would blend in the pixels just outside the crop).
+    """
+    B, _, H, W = images.shape
+    top, left, height, width = boxes.to(torch.float32).unbind(1)
+    i = torch.arange(size, device=images.device, dtype=torch.float32) + 0.5
+
+    def coords(start, length):  # [B, size] absolute pixel coordinates along one axis
+        c = i[None, :] * (length[:, None] / size) - 0.5
+        return torch.minimum(c.clamp_(min=0.0), length[:, None] - 1.0) + start[:, None]
+
+    ys, xs = coords(top, height), coords(left, width)
+    if flip is not None:
+        xs = torch.where(flip.to(images.device)[:, None], xs.flip(1), xs)
+    # grid_sample wants (x, y) in [-1, 1], -1 and 1 being the centres of the edge pixels
+    # (align_corners=True).
+    gx = (xs * (2.0 / max(W - 1, 1)) - 1.0)[:, None, :].expand(B, size, size)
+    gy = (ys * (2.0 / max(H - 1, 1)) - 1.0)[:, :, None].expand(B, size, size)
+    grid = torch.stack([gx, gy], dim=-1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _resample_matrix(
+    start: torch.Tensor, length: torch.Tensor, size: int, in_size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample 1-D resampling matrices ``[B, size, in_size]`` for one image axis.
 
     Row ``i`` of sample ``b`` holds the weights with which output pixel ``i`` averages the
@@ -59,54 +116,42 @@ def _resample_matrix(start: torch.Tensor, length: torch.Tensor, size: int, in_si
       ``scale`` pixels when downsampling (that widening *is* the antialiasing);
     * weights are only taken from pixels inside the crop and renormalised to sum to 1,
       which is the same as torch's edge clamping.
+
+    ``flip`` (bool ``[B]``) walks the output pixels of those samples backwards: a mirror.
     """
     dev = start.device
     start = start.to(torch.float32)[:, None, None]
     length = length.to(torch.float32)[:, None, None]
     scale = length / size
     support = scale.clamp(min=1.0)  # tent half-width in input pixels
-    centre = (torch.arange(size, device=dev, dtype=torch.float32)[None, :, None] + 0.5) * scale
+    i = torch.arange(size, device=dev, dtype=torch.float32)[None, :, None]
+    if flip is not None:
+        i = i + flip.to(torch.float32)[:, None, None] * (size - 1 - 2 * i)  # i -> size-1-i
+    centre = (i + 0.5) * scale
     u = torch.arange(in_size, device=dev, dtype=torch.float32)[None, None, :] - start  # crop coords
     weight = (1.0 - ((u + 0.5 - centre) / support).abs()).clamp_(min=0.0)
     weight = weight * ((u >= 0) & (u < length))  # nothing from outside the crop
     return weight / weight.sum(dim=-1, keepdim=True)
 
 
-def resized_crop(
-    images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Crop ``boxes[b] = (top, left, height, width)`` out of each image and resize it to
-    ``size x size`` (bilinear, antialiased): torchvision's
-    ``v2.functional.resized_crop(img, top, left, height, width, [size, size])``, per sample.
+def _crop_resample_matrices(images: torch.Tensor, boxes: torch.Tensor, size: int, flip) -> torch.Tensor:
+    """Crop + antialiased resize of any scale as ``out = Wy @ img @ Wx.T`` per sample.
 
-    Cropping and bilinear resizing are both linear and separable, so for each sample the
-    whole thing is ``out = Wy @ img @ Wx.T`` with two tiny resampling matrices
-    (``_resample_matrix``). That is exact (same weights as torch's interpolate, borders
-    included), needs no per-sample Python, and costs two batched matmuls.
-
-    Two things come for free inside the matrices:
-
-    * ``uint8`` input is scaled to ``[0, 1]`` by folding ``1/255`` into ``Wy``;
-    * ``flip`` (optional bool ``[B]``) mirrors the chosen samples horizontally
-      (``RandomHorizontalFlip``) by reversing the rows of their ``Wx``.
-
-    Boxes must lie inside the image (``sample_crop_boxes`` guarantees it).
-    Returns float32 ``[B, C, size, size]``.
+    Cropping and resizing are linear and separable, so with the two resampling matrices
+    of ``_resample_matrix`` this is exact (same weights as torch's interpolate, borders
+    included), for upsampling and downsampling alike; ``1/255`` for uint8 input is folded
+    into ``Wy``.
     """
     B, C, H, W = images.shape
-    boxes = boxes.to(images.device)
     wy = _resample_matrix(boxes[:, 0], boxes[:, 2], size, H)  # [B, size, H]
-    wx = _resample_matrix(boxes[:, 1], boxes[:, 3], size, W)  # [B, size, W]
+    wx = _resample_matrix(boxes[:, 1], boxes[:, 3], size, W, flip)  # [B, size, W]
     if images.dtype == torch.uint8:
         wy = wy / 255.0
-    if flip is not None:
-        wx = torch.where(flip.to(images.device)[:, None, None], wx.flip(1), wx)
-    # Rows first: lay the batch out as [B, H, C*W] so one bmm handles all channels.
-    x = images.permute(0, 2, 1, 3).to(torch.float32).reshape(B, H, C * W)
-    x = torch.bmm(wy, x)  # [B, size, C*W]
-    # Then columns: [B, size*C, W] @ [B, W, size] -> [B, size*C, size].
-    x = torch.bmm(x.view(B, size * C, W), wx.transpose(1, 2))
-    return x.view(B, size, C, size).permute(0, 2, 1, 3).contiguous()
+    x = images.to(torch.float32)
+    # Columns: [B, C*H, W] @ [B, W, size] -> [B, C, H, size].
+    x = torch.bmm(x.view(B, C * H, W), wx.transpose(1, 2)).view(B, C, H, size)
+    # Rows: [B, 1, size, H] @ [B, C, H, size] -> [B, C, size, size], the same Wy for every channel.
+    return torch.matmul(wy.unsqueeze(1), x)
 
 
 def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -195,31 +240,68 @@ def adjust_hue(images: torch.Tensor, factors) -> torch.Tensor:
     return k.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))  # V - C * k
 
 
-JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+def _apply_where(mask: torch.Tensor, images: torch.Tensor, op) -> torch.Tensor:
+    """Replace, in place, the samples where ``mask`` is True by ``op(those samples, their
+    indices)``. Random ops run only on the samples that drew them: cheaper than computing
+    the op for everyone and selecting with ``torch.where``."""
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel():
+        images.index_copy_(0, idx, op(images.index_select(0, idx), idx))
+    return images
 
 
 def apply_color_jitter(
-    images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, apply: torch.Tensor, enabled=(1, 1, 1, 1)
+    images: torch.Tensor,
+    factors: torch.Tensor,
+    order: torch.Tensor,
+    apply: torch.Tensor,
+    enabled=(True, True, True, True),
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Apply brightness, contrast, saturation, hue (op ids 0..3) to the samples where
     ``apply`` is True, sample ``b`` in the order ``order[b]`` (a permutation of 0..3) with
     ``factors[b]`` = (brightness, contrast, saturation, hue): ``v2.ColorJitter.transform``
-    for every sample at once.
+    for every sample at once. ``enabled[op]`` false skips an op (a zero range in
+    ``ColorJitter``).
 
-    The order differs per sample, so for each of the 4 slots we run each op on just the
-    samples that have it in that slot: every sample is touched once per op, so the whole
-    jitter costs about 4 ops over the batch, whatever the mix of orders.
-    ``enabled[op]`` false skips an op (a zero range in ``ColorJitter``).
+    The order differs per sample, so we go slot by slot: in slot ``k`` every sample does
+    the op ``order[b, k]``. Brightness, contrast and saturation are all clipped blends,
+
+        brightness  clip(f x)                 contrast  clip(f x + (1 - f) mean(gray(x)))
+        saturation  clip(f x + (1 - f) gray(x))
+
+    i.e. ``clip(a x + b gray(x) + c mean(gray(x)))`` with per-sample ``(a, b, c)``, and
+    ``(1, 0, 0)`` leaves a sample as it is. So each slot is one such blend over the whole
+    batch, each sample with the coefficients of its own op, plus the hue rotation on the
+    samples whose op in this slot is hue. The jitter costs about 4 blends + 1 hue over
+    the batch, whatever the mix of orders.
     """
-    out = images.clone()
+    x = images if inplace else images.clone()
+    enabled = torch.tensor(enabled, device=x.device)
     for slot in range(4):
-        for op_id, op in enumerate(JITTER_OPS):
-            if not enabled[op_id]:
-                continue
-            idx = ((order[:, slot] == op_id) & apply).nonzero().squeeze(1)
-            if idx.numel():
-                out[idx] = op(out[idx], factors[idx, op_id])
-    return out
+        op = order[:, slot]
+        on = apply & enabled[op]
+        f = factors.gather(1, op[:, None]).squeeze(1)  # each sample's factor for its op
+        one, zero = torch.ones_like(f), torch.zeros_like(f)
+        a = torch.where(on & (op <= 2), f, one)
+        b = torch.where(on & (op == 2), 1.0 - f, zero)
+        c = torch.where(on & (op == 1), 1.0 - f, zero)
+        gray = rgb_to_grayscale(x)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        x.mul_(a.view(-1, 1, 1, 1)).addcmul_(gray, b.view(-1, 1, 1, 1)).add_(mean * c.view(-1, 1, 1, 1))
+        x.clamp_(0.0, 1.0)
+        _apply_where(on & (op == 3), x, lambda xs, idx: adjust_hue(xs, f[idx]))
+    return x
+
+
+def _to_gray3(images: torch.Tensor, idx=None) -> torch.Tensor:
+    """``Grayscale(num_output_channels=3)``: the luma copied into all three channels."""
+    return rgb_to_grayscale(images).expand_as(images)
+
+
+def random_grayscale(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``RandomGrayscale``: the samples where ``mask`` is True become 3-channel grey."""
+    return _apply_where(mask, images.clone(), _to_gray3)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -245,18 +327,21 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -
     return x.view(B, C, H, W)
 
 
+def _solarize_all(images: torch.Tensor, threshold: float) -> torch.Tensor:
+    return torch.where(images >= threshold, 1.0 - images, images)
+
+
 def solarize(images: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Invert the pixels ``>= threshold`` of the samples where ``mask`` is True
-    (``v2.functional.solarize``; BYOL's solarisation)."""
-    flip_pixel = (images >= threshold) & mask.view(-1, 1, 1, 1)
-    return torch.where(flip_pixel, 1.0 - images, images)
+    """Invert (``x -> 1 - x``) the pixels ``>= threshold`` of the samples where ``mask`` is
+    True (``v2.functional.solarize``; BYOL's solarisation)."""
+    return _apply_where(mask, images.clone(), lambda xs, idx: _solarize_all(xs, threshold))
 
 
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """``(x - mean) / std`` per channel (``v2.functional.normalize``)."""
+def normalize(images: torch.Tensor, mean, std, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x - mean) / std`` per channel (``v2.functional.normalize``), into ``out`` if given."""
     mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
     std = torch.as_tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - mean) / std
+    return torch.sub(images, mean, out=out).div_(std)
 
 
 # ----------------------------------------------------------------------------------------
@@ -319,6 +404,11 @@ def _jitter_range(value: float, center: float, bound: tuple[float, float]):
     if value == 0:
         return None
     return (max(center - value, bound[0]), min(center + value, bound[1]))
+
+
+def _jitter_enabled(jitter) -> tuple[bool, bool, bool, bool]:
+    """Which of brightness, contrast, saturation, hue a ``ColorJitter(*jitter)`` changes."""
+    return tuple(float(v) != 0.0 for v in jitter)
 
 
 def sample_jitter_params(B: int, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8, device=None):
@@ -406,66 +496,95 @@ class Augment(torch.nn.Module):
     Each view draws its own random parameters for every sample, so the views of one image
     are independent. There are no learnable parameters; it is a Module only so it can sit
     in a model or be moved with ``.to()`` like one.
+
+    On CPU the batch is rendered ``chunk`` images at a time (default: ~128 at 32 px):
+    the intermediate tensors then stay in the L2 cache and are cheap to allocate, which
+    is worth ~2x on CPU. On GPU the whole batch goes at once. Chunking never changes
+    the result: all random parameters are drawn for the whole batch first.
     """
 
-    def __init__(self, views: list[ViewSpec]):
+    def __init__(self, views: list[ViewSpec], chunk: int | None = None):
         super().__init__()
         if isinstance(views, ViewSpec):
             views = [views]
         if not views:
             raise ValueError("Augment needs at least one ViewSpec")
         self.views = list(views)
+        self.chunk = chunk
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         _check_batch(images)
         return [self.view(images, spec) for spec in self.views]
 
-    @staticmethod
-    def view(images: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    def view(self, images: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
         """One view of every image in the batch."""
-        B, _, H, W = images.shape
-        dev = images.device
-        # Draw every random parameter first, whether or not the op ends up applied, so the
-        # amount of RNG consumed never depends on the data.
-        if spec.crop:
-            boxes = sample_crop_boxes(B, H, W, spec.scale, spec.ratio, device=dev)
-        else:
-            boxes = torch.tensor([0, 0, H, W], device=dev).expand(B, 4)
-        flip = torch.rand(B, device=dev) < spec.flip_p
-        jit = sample_jitter_params(B, *spec.jitter, p=spec.jitter_p, device=dev)
-        gray = torch.rand(B, device=dev) < spec.gray_p
-        blur = torch.rand(B, device=dev) < spec.blur_p
-        sigma = _uniform(B, *spec.blur_sigma, dev)
-        sol = torch.rand(B, device=dev) < spec.solarize_p
-
-        # Crop, resize, flip and uint8 -> [0, 1] in one go (see resized_crop).
-        if not spec.crop and (H, W) == (spec.size, spec.size):
-            x = images.to(torch.float32).div_(255.0)  # eval at native size: nothing to resample
-        else:
-            x = resized_crop(images, boxes, spec.size, flip=flip if spec.flip_p > 0 else None)
-
-        if spec.gray_before_jitter:
-            x = _random_grayscale(x, gray)
-        if spec.jitter_p > 0 and any(jit["enabled"]):
-            x = apply_color_jitter(x, **jit)
-        if not spec.gray_before_jitter:
-            x = _random_grayscale(x, gray)
-        if spec.blur_p > 0:
-            idx = blur.nonzero().squeeze(1)
-            if idx.numel():
-                k = blur_kernel_size(spec.size, spec.blur_kernel_frac)
-                x[idx] = gaussian_blur(x[idx], sigma[idx], k)
-        if spec.solarize_p > 0:
-            x = solarize(x, sol, spec.solarize_threshold)
-        return normalize(x, spec.mean, spec.std)
+        B = images.shape[0]
+        params = sample_view_params(images, spec)
+        out = torch.empty(B, 3, spec.size, spec.size, device=images.device)
+        chunk = self.chunk or (B if images.device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // spec.size**2))
+        for lo in range(0, B, chunk):
+            part = slice(lo, lo + chunk)
+            render_view(images[part], {k: v[part] for k, v in params.items()}, spec, out=out[part])
+        return out
 
     def extra_repr(self) -> str:
         return "\n".join(repr(v) for v in self.views)
 
 
-def _random_grayscale(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``RandomGrayscale``: replace the masked samples by their 3-channel luma."""
-    return torch.where(mask.view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
+CPU_CHUNK_PIXELS = 128 * 32 * 32  # output pixels per chunk on CPU
+
+
+def sample_view_params(images: torch.Tensor, spec: ViewSpec) -> dict[str, torch.Tensor]:
+    """All random parameters of one view, one row per sample, on the batch's device.
+
+    Every parameter is drawn whether or not its op ends up applied, so the amount of RNG
+    consumed never depends on the data (and a resumed run replays exactly).
+    """
+    B, _, H, W = images.shape
+    dev = images.device
+    if spec.crop:
+        boxes = sample_crop_boxes(B, H, W, spec.scale, spec.ratio, device=dev)
+    else:
+        boxes = torch.tensor([0, 0, H, W], device=dev).expand(B, 4)
+    flip = torch.rand(B, device=dev) < spec.flip_p
+    jit = sample_jitter_params(B, *spec.jitter, p=spec.jitter_p, device=dev)
+    return dict(
+        boxes=boxes,
+        flip=flip,
+        jitter_factors=jit["factors"],
+        jitter_order=jit["order"],
+        jitter=jit["apply"],
+        gray=torch.rand(B, device=dev) < spec.gray_p,
+        blur=torch.rand(B, device=dev) < spec.blur_p,
+        sigma=_uniform(B, *spec.blur_sigma, dev),
+        solarize=torch.rand(B, device=dev) < spec.solarize_p,
+    )
+
+
+def render_view(images: torch.Tensor, p: dict[str, torch.Tensor], spec: ViewSpec, out=None) -> torch.Tensor:
+    """Apply one view's ops with the given parameters (no randomness here), in the order
+    of the torchvision pipelines: crop+resize+flip, [grayscale,] jitter, grayscale, blur,
+    solarize, normalise."""
+    H, W = images.shape[2:]
+    # Crop, resize, flip and uint8 -> [0, 1] in one go (see resized_crop).
+    if not spec.crop and (H, W) == (spec.size, spec.size):
+        x = images.to(torch.float32).div_(255.0)  # eval at native size: nothing to resample
+    else:
+        x = resized_crop(images, p["boxes"], spec.size, flip=p["flip"] if spec.flip_p > 0 else None)
+
+    if spec.gray_before_jitter and spec.gray_p > 0:
+        _apply_where(p["gray"], x, _to_gray3)
+    enabled = tuple(bool(v) for v in _jitter_enabled(spec.jitter))
+    if spec.jitter_p > 0 and any(enabled):
+        apply_color_jitter(x, p["jitter_factors"], p["jitter_order"], p["jitter"], enabled, inplace=True)
+    if not spec.gray_before_jitter and spec.gray_p > 0:
+        _apply_where(p["gray"], x, _to_gray3)
+    if spec.blur_p > 0:
+        k = blur_kernel_size(spec.size, spec.blur_kernel_frac)
+        _apply_where(p["blur"], x, lambda xs, idx: gaussian_blur(xs, p["sigma"][idx], k))
+    if spec.solarize_p > 0:
+        _apply_where(p["solarize"], x, lambda xs, idx: _solarize_all(xs, spec.solarize_threshold))
+    return normalize(x, spec.mean, spec.std, out=out)
 
 
 # ----------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class DataConfig:
     train_images: Optional[int] = None  # use a class-balanced subset of this many training images
     test_images: Optional[int] = None  # likewise for the test images of the kNN monitor
     load_size: int = 256  # imagefolder: decode to this square size; the augmentations crop from it
+    crop_size: Optional[int] = None  # side of the (global) training views; default: the images' side, 224 for imagefolder
     num_workers: int = 8  # imagefolder: decoding processes
     on_device: bool = True  # in-memory datasets: keep the whole uint8 dataset on the GPU
 
@@ -83,6 +84,7 @@ class Config:
     resume: str = "auto"  # auto: continue from out_dir/checkpoint.pt if there | never | a checkpoint path
     overwrite: bool = False  # with resume=never: replace an existing run in out_dir
     eval_every: int = 10  # kNN monitor every this many epochs (0 = only at the end)
+    final_eval: bool = True  # kNN (k=200 and k=20) on the test set when training ends
     knn_k: int = 200
     knn_temperature: float = 0.1
     log_every: int = 50  # steps between logged metrics (and host syncs)
@@ -198,14 +200,34 @@ def apply_profile(cfg: Config, profile: Profile) -> None:
     cfg.log_every = min(cfg.log_every, 20)
 
 
+SHIPPED = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship with the package, e.g. "cifar10/simclr"."""
+    return sorted(str(p.relative_to(SHIPPED).with_suffix("")) for p in SHIPPED.rglob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file on disk, or the name of a shipped config ("cifar10/simclr")."""
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED / Path(path).with_suffix(".yaml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file {path} does not exist; shipped configs: {', '.join(shipped_configs())}")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
                 profile: Optional[str] = None) -> Config:
-    """Defaults <- YAML file <- profile <- overrides. ``path=None`` gives SimCLR on CIFAR-10."""
+    """Defaults <- YAML file (a path or a shipped name like "cifar10/simclr") <- profile <- overrides.
+
+    ``path=None`` gives SimCLR on CIFAR-10.
+    """
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; see configs/ for the shipped ones")
+        path = resolve_config_path(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

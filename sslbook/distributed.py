@@ -59,7 +59,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
+        grad = grad.clone()  # all_reduce works in place; never touch autograd's buffer
         dist.all_reduce(grad)
         n = grad.shape[0] // dist.get_world_size()
         return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]

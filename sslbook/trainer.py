@@ -71,11 +71,11 @@ def load_datasets(cfg: Config):
     return train.subset(d.train_images, seed=cfg.seed), test.subset(d.test_images, seed=cfg.seed)
 
 
-def dataset_stats(dataset) -> tuple[tuple, tuple, int]:
-    """(mean, std, image side) of a dataset; ImageFolder trees use ImageNet's statistics."""
+def dataset_stats(dataset, crop_size: Optional[int] = None) -> tuple[tuple, tuple, int]:
+    """(mean, std, evaluation image side) of a dataset; ImageFolder trees use ImageNet's statistics."""
     if isinstance(dataset, ImageTensorDataset):
-        return dataset.mean, dataset.std, dataset.images.shape[-1]
-    return IMAGENET_MEAN, IMAGENET_STD, 224
+        return dataset.mean, dataset.std, crop_size or dataset.images.shape[-1]
+    return IMAGENET_MEAN, IMAGENET_STD, crop_size or 224
 
 
 def make_loader(dataset, cfg: Config, device, batch_size: int, shuffle: bool = True, drop_last: bool = True):
@@ -98,7 +98,8 @@ def build_augment(cfg: Config, mean, std, size: int) -> Augment:
 
 # --------------------------------------------------------------------------- evaluation inside training
 @torch.no_grad()
-def features_of(method: Method, dataset, mean, std, size: int, device, batch_size: int = 512) -> tuple:
+def features_of(method: Method, dataset, mean, std, size: int, device, batch_size: int = 512,
+                num_workers: int = 2) -> tuple:
     """Backbone features and labels of a whole dataset (no augmentation), for kNN."""
     if isinstance(dataset, ImageTensorDataset):
         images = dataset.images
@@ -107,17 +108,20 @@ def features_of(method: Method, dataset, mean, std, size: int, device, batch_siz
                                                      antialias=True).round().clamp(0, 255).to(torch.uint8)
         return extract_features(method.backbone, images, mean, std, batch_size, device), dataset.labels
     feats, labels = [], []
-    loader = FolderLoader(dataset, batch_size, device, shuffle=False, drop_last=False)
+    loader = FolderLoader(dataset, batch_size, device, shuffle=False, drop_last=False, num_workers=num_workers)
     for images, y, _ in loader.epoch(0):
+        if images.shape[-1] > size:  # the standard evaluation view: resize to load_size, centre crop
+            offset = (images.shape[-1] - size) // 2
+            images = images[..., offset:offset + size, offset:offset + size]
         feats.append(extract_features(method.backbone, images, mean, std, batch_size, device))
         labels.append(y.cpu())
     return torch.cat(feats), torch.cat(labels)
 
 
 def knn_eval(method: Method, train_set, test_set, cfg: Config, device, ks=(200,)) -> dict:
-    mean, std, size = dataset_stats(train_set)
-    train_x, train_y = features_of(method, train_set, mean, std, size, device)
-    test_x, test_y = features_of(method, test_set, mean, std, size, device)
+    mean, std, size = dataset_stats(train_set, cfg.data.crop_size)
+    train_x, train_y = features_of(method, train_set, mean, std, size, device, num_workers=cfg.data.num_workers)
+    test_x, test_y = features_of(method, test_set, mean, std, size, device, num_workers=cfg.data.num_workers)
     return {f"knn{k}_top1": knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=cfg.knn_temperature)
             for k in ks}
 
@@ -248,8 +252,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     out_dir = Path(cfg.out_dir or f"runs/{cfg.method}-{cfg.data.dataset}-{cfg.profile}")
     ckpt_path = out_dir / CHECKPOINT
     train_set, test_set = datasets if datasets is not None else load_datasets(cfg)
-    mean, std, image_side = dataset_stats(train_set)
-    crop = 224 if cfg.data.dataset == "imagefolder" else image_side
+    mean, std, crop = dataset_stats(train_set, cfg.data.crop_size)  # crop: side of the training views
     loader = make_loader(train_set, cfg, device, cfg.batch_size // world)
     augment = build_augment(cfg, mean, std, crop)
 
@@ -322,7 +325,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
 
     def evaluate(final: bool = False) -> dict:
         record = {"epoch": state.epoch, "step": state.step, "train_minutes": state.train_seconds / 60}
-        if test_set is not None:
+        if test_set is not None and (cfg.final_eval or not final):
             ks = (200, 20) if final else (cfg.knn_k,)
             record.update(knn_eval(method, train_set, test_set, cfg, device, ks))
         return record

@@ -4,7 +4,7 @@ import pytest
 
 from sslbook.config import ConfigError, load_config, from_dict, to_dict
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "sslbook" / "configs").rglob("*.yaml"))
 
 
 def test_defaults_are_simclr_cifar10():
@@ -70,4 +70,11 @@ def test_round_trip():
 def test_shipped_configs_load_and_name_their_paper(path):
     cfg = load_config(path, profile="gpu")
     assert cfg.paper, f"{path} must name the paper its hyper-parameters come from"
-    assert "et al" in path.read_text().split("\n", 1)[0] or cfg.paper
+    assert "et al" in cfg.paper, f"{path}: paper should name the authors (e.g. Chen et al. 2020)"
+
+
+def test_shipped_config_by_name():
+    cfg = load_config("cifar10/simclr", profile="gpu")
+    assert cfg.method == "simclr" and cfg.batch_size == 512
+    with pytest.raises(ConfigError, match="shipped configs: cifar10/simclr"):
+        load_config("cifar10/simclr_typo")

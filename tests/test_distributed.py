@@ -274,9 +274,16 @@ def _train_worker(rank, world, out_dir):
                Path(out_dir).parent / f"rank{rank}.pt")
 
 
+def _records(metrics: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
 def _step_records(metrics: Path) -> list[int]:
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [r["step"] for r in records if "loss" in r]
+    return [r["step"] for r in _records(metrics) if "loss" in r]
+
+
+def _final_records(metrics: Path) -> list[int]:
+    return [r["final"]["steps"] for r in _records(metrics) if "final" in r]
 
 
 @pytest.mark.slow
@@ -299,9 +306,9 @@ def test_two_process_run_resumes_on_one_process(tmp_path):
         assert torch.equal(ckpt["method"][name], p)
     # Only rank 0 writes: one metrics line per step, one results.json.
     assert _step_records(out_dir / "metrics.jsonl") == [1, 2, 3, 4]
+    assert _final_records(out_dir / "metrics.jsonl") == [4]
     assert json.loads((out_dir / "results.json").read_text())["world_size"] == WORLD
-    assert sorted(f.name for f in out_dir.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl",
-                                                         "results.json"]
+    assert not list(out_dir.glob("*.tmp"))
 
     # Resume in this single process: mid-epoch, from step 4 to step 6 (the schedule planned by the
     # two-process run is kept).
@@ -309,6 +316,7 @@ def test_two_process_run_resumes_on_one_process(tmp_path):
     result = train(_train_config(out_dir, "max_steps=6", "resume=auto"), datasets=_train_data())
     assert result.results["steps"] == 6 and result.results["world_size"] == 1
     assert _step_records(out_dir / "metrics.jsonl") == [1, 2, 3, 4, 5, 6]
+    assert _final_records(out_dir / "metrics.jsonl") == [4, 6]
     results = json.loads((out_dir / "results.json").read_text())
     assert results["steps"] == 6 and results["world_size"] == 1
     state = read_checkpoint(out_dir / "checkpoint.pt")["state"]
