@@ -13,6 +13,7 @@ so a GPU is never made to wait on the Python side between logging points.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, FolderLoader, ImageTensorDataset
                    load_cifar, load_image_folder, load_stl10)
 from .eval import extract_features, knn_accuracy
 from .losses import output_std
-from .methods import Method, build_method
+from .methods import METHODS, Method, build_method
 from .models import build_encoder
 from .optim import build_optimizer, lr_at, peak_lr
 
@@ -155,7 +156,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, cfg: Config, method: Method, optimizer, scaler, state: TrainState) -> None:
+def save_checkpoint(path: Path, cfg: Config, method: Method, optimizer, scaler, state: TrainState,
+                    num_data: Optional[int] = None) -> None:
     """Write atomically: a temporary file, then a rename, so a crash never leaves half a checkpoint."""
     payload = {
         "format": "sslbook-checkpoint-1",
@@ -165,6 +167,7 @@ def save_checkpoint(path: Path, cfg: Config, method: Method, optimizer, scaler, 
         "scaler": scaler.state_dict(),
         "state": state.__dict__,
         "rng": rng_state(),
+        "num_data": num_data,
     }
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -192,15 +195,20 @@ def method_from_checkpoint(path: str | Path, device="cpu") -> tuple[Method, Conf
     """Rebuild the trained method (and its config) from a checkpoint, for evaluation."""
     ckpt = read_checkpoint(path)
     cfg = from_dict(ckpt["config"])
-    method = build_model(cfg)
+    method = build_model(cfg, num_data=ckpt.get("num_data"))
     method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), cfg
 
 
-def build_model(cfg: Config) -> Method:
+def build_model(cfg: Config, num_data: Optional[int] = None) -> Method:
+    """The config's encoder wrapped in its method. Methods with a memory bank also get ``num_data``."""
     m = cfg.model
     kwargs = {"width": m.width, "stem": m.stem} if m.encoder.startswith("resnet") else {}
-    return build_method(cfg.method, build_encoder(m.encoder, **kwargs), **cfg.method_args)
+    method_args = dict(cfg.method_args)
+    cls = METHODS.get(cfg.method)
+    if cls is not None and "num_data" in inspect.signature(cls.__init__).parameters:
+        method_args.setdefault("num_data", num_data)
+    return build_method(cfg.method, build_encoder(m.encoder, **kwargs), **method_args)
 
 
 # --------------------------------------------------------------------------- the run
@@ -256,7 +264,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     loader = make_loader(train_set, cfg, device, cfg.batch_size // world)
     augment = build_augment(cfg, mean, std, crop)
 
-    method = method if method is not None else build_model(cfg)
+    method = method if method is not None else build_model(cfg, num_data=len(train_set))
     method = method.to(device)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -309,7 +317,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
 
     def checkpoint() -> None:
         if dist.is_main():
-            save_checkpoint(ckpt_path, cfg, method, optimizer, scaler, state)
+            save_checkpoint(ckpt_path, cfg, method, optimizer, scaler, state, num_data=len(train_set))
 
     def plan(total: int) -> None:
         state.total_steps = max(1, total)
