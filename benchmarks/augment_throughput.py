@@ -14,6 +14,10 @@ What is measured, on CIFAR-like uint8 data (real CIFAR-10 if $SSLBOOK_DATA holds
    Normalize, applied twice per PIL image, through a DataLoader with 2 workers, batch 512.
 3. ``kornia``: the equivalent ``AugmentationSequential`` on the same batches, if kornia
    imports.
+4. ``sslbook`` again in a child process whose glibc malloc keeps freed memory
+   (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``): by default glibc hands big
+   freed blocks back to the OS and every new temporary tensor page-faults its memory in
+   again, which on a small VM costs as much as the arithmetic. Skip with ``--no-malloc-row``.
 
 Throughput counts source images per second (each gives 2 views), over a fixed number of
 batches after warm-up. Each method is timed in ``--repeats`` windows and the best window
@@ -173,6 +177,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for the torchvision pipeline")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for sslbook/kornia")
     ap.add_argument("--skip", nargs="*", default=[], choices=["sslbook", "torchvision", "kornia"])
+    ap.add_argument("--no-malloc-row", action="store_true", help="skip the tuned-malloc sslbook run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "augment_throughput.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -193,6 +198,11 @@ def main(argv=None):
         k = bench_kornia(data, args.batches, warmup, args.repeats)
         if k is not None:
             results["kornia AugmentationSequential (main process)"] = k
+
+    if "sslbook" not in args.skip and not args.no_malloc_row and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        tuned = _run_tuned_malloc(args)
+        if tuned:
+            results["sslbook Augment, malloc keeps freed memory (env)"] = tuned
 
     tv = next((max(r) for name, r in results.items() if name.startswith("torchvision")), None)
     rows = []
@@ -234,6 +244,27 @@ def main(argv=None):
         sp = f"{r['speedup_vs_torchvision']:.2f}x" if r["speedup_vs_torchvision"] else "-"
         print(f"| {r['method']} | {r['images_per_s']:,} | {r['median_images_per_s']:,} | {sp} |")
     print(f"\nwrote {out}")
+
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
+
+def _run_tuned_malloc(args) -> list[float] | None:
+    """The sslbook measurement again, in a child process with MALLOC_ENV set."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tuned.json"
+        cmd = [sys.executable, __file__, "--skip", "torchvision", "kornia", "--no-malloc-row",
+               "--batches", str(args.batches), "--repeats", str(args.repeats), "--out", str(out)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, env={**os.environ, **MALLOC_ENV}, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            print("tuned-malloc run failed:\n" + done.stderr[-2000:], file=sys.stderr)
+            return None
+        return json.loads(out.read_text())["results"][0]["windows"]
 
 
 def _version(mod):

@@ -656,12 +656,12 @@ def _byol(size, mean, std):
 
 
 def _swav(size, mean, std):
-    """SwAV (Caron et al. 2020): multi-crop, 2 global + 6 local views. ImageNet: 224 px with
-    scale (0.14, 1) and 96 px with scale (0.05, 0.14); here the local side is 3/7 of the
-    global one (96/224), so 32 px -> 2 x 32 + 6 x 14... rounded up to 18 px as in CIFAR
-    ports, see below. Every crop: flip, jitter(0.8, 0.8, 0.8, 0.2) p=0.8, grayscale p=0.2,
-    Gaussian blur p=0.5 sigma 0.1-2.0 (ImageNet scale only)."""
-    local = 96 if size == 224 else max(8, round(size * 0.5625))  # 32 -> 18, 224 -> 96
+    """SwAV (Caron et al. 2020), multi-crop: 2 global + 6 local views. ImageNet: 224 px
+    crops with scale (0.14, 1) and 96 px crops with scale (0.05, 0.14); for 32 px CIFAR the
+    common port uses 32 px and 18 px (the local side is 18/32 of the global one at other
+    sizes). Every crop: flip, jitter(0.8, 0.8, 0.8, 0.2) p=0.8, grayscale p=0.2, Gaussian
+    blur sigma 0.1-2.0 p=0.5 (ImageNet scale only)."""
+    local = 96 if size == 224 else max(8, round(size * 18 / 32))
     g = ViewSpec(size=size, scale=(0.14, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2,
                  blur_p=_blur(size, 0.5), blur_sigma=(0.1, 2.0), mean=mean, std=std)
     l = replace(g, size=local, scale=(0.05, 0.14))
