@@ -76,5 +76,17 @@ def test_shipped_configs_load_and_name_their_paper(path):
 def test_shipped_config_by_name():
     cfg = load_config("cifar10/simclr", profile="gpu")
     assert cfg.method == "simclr" and cfg.batch_size == 512
-    with pytest.raises(ConfigError, match="shipped configs: cifar10/simclr"):
+    with pytest.raises(ConfigError, match="shipped configs: .*cifar10/simclr"):
         load_config("cifar10/simclr_typo")
+
+
+def test_cpu_profile_picks_fast_cpu_settings(monkeypatch):
+    import sslbook.config as config
+
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
+    cfg = load_config(None, ["profile=cpu"])
+    assert cfg.channels_last and cfg.precision == "bf16"
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)
+    assert load_config(None, ["profile=cpu"]).precision == "fp32"
+    assert load_config(None, ["profile=cpu", "precision=fp32", "channels_last=false"]).channels_last is False
+    assert load_config(None, ["profile=smoke"]).precision == "fp32"
