@@ -16,16 +16,24 @@ device the batch lives on (CPU or GPU):
   deterministic and a checkpoint of the RNG state resumes it exactly.
 
 Each functional op below says which torchvision op it matches; ``tests/test_augment.py``
-checks them against torchvision pixel by pixel.
+checks them against torchvision pixel by pixel (they agree to ~1e-6).
 
-Reading order: the functional ops (crop+resize, flip, colour, blur, solarize, normalise),
-then the random-parameter samplers, then ``ViewSpec`` / ``Augment``, then the recipes of
-the papers.
+Reading order: crop+resize(+flip), the colour ops, blur / solarize / normalise, the
+random-parameter samplers, then ``ViewSpec`` / ``Augment``, then the papers' recipes.
+
+On speed (``benchmarks/augment_throughput.py``): the ops are plain eager PyTorch. What
+costs time on a CPU is the number of passes over the batch, Python's overhead per op, and
+fresh memory for temporaries, so the code fuses where it stays readable (crop, resize,
+flip and uint8 -> float are one resampling step; brightness, contrast and saturation are
+one blend per jitter slot; the hue shift skips the HSV image) and, on CPU, renders small
+chunks on a couple of threads.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -217,27 +225,29 @@ def adjust_hue(images: torch.Tensor, factors) -> torch.Tensor:
     Same function as torchvision's table lookup over the six colour-wheel sectors, in far
     fewer passes over the batch.
     """
-    r, g, b = images.unbind(dim=1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    # Which channel is the max, as float 0/1 masks (ties go to R, then G, as in PIL and
-    # torchvision). maxc - r >= 0, so its sign is 0 exactly when R is the max. Float
-    # arithmetic rather than bool masks + torch.where: several times faster on CPU.
-    is_r = 1.0 - torch.sign(maxc - r)
-    is_g = (1.0 - torch.sign(maxc - g)).mul_(1.0 - is_r)
-    is_b = 1.0 - is_r - is_g
-    # Hue * chroma, in sixths of a turn: R max -> (G - B), G max -> 2C + (B - R), B max -> 4C + (R - G).
+    maxc = images.amax(dim=1, keepdim=True)
+    minc = images.amin(dim=1, keepdim=True)
+    chroma = maxc - minc
+    # Each channel's place between the min (0) and the max (1). Grey pixels (C = 0) get 0
+    # everywhere, hence hue 0 and output = V, as in torchvision.
+    t = (images - minc).div_(chroma.clamp(min=1e-30))
+    # 1 on the channel holding the max, ties going to R then G (as in PIL and torchvision);
+    # float masks rather than bool + torch.where, which is several times slower on CPU.
+    is_r, is_g, is_b = torch.floor(t).unbind(dim=1)
+    is_g.addcmul_(is_g, is_r, value=-1.0)
+    torch.sub(1.0 - is_r, is_g, out=is_b)
+    # HSV hue in sixths: R max -> G - B, G max -> 2 + B - R, B max -> 4 + R - G (on t).
+    r, g, b = t.unbind(dim=1)
     h = (g - b).mul_(is_r)
-    h.addcmul_(chroma.mul(2.0).add_(b).sub_(r), is_g)
-    h.addcmul_(chroma.mul(4.0).add_(r).sub_(g), is_b)
-    # Grey pixels (C = 0) have h * C = 0 and any hue; dividing by a tiny number keeps them 0.
-    h.div_(chroma.clamp(min=1e-30)).add_(6.0 * _per_sample(factors, images).view(-1, 1, 1))
-    n = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    k = h.unsqueeze(1) + n
-    tmp = torch.div(k, 6.0).floor_().mul_(6.0)
-    k.sub_(tmp)  # k mod 6 (torch.remainder is much slower on CPU)
-    torch.minimum(k, tmp.copy_(k).neg_().add_(4.0), out=k).clamp_(0.0, 1.0)  # min(k, 4 - k) in [0, 1]
-    return k.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))  # V - C * k
+    h.addcmul_((b - r).add_(2.0), is_g).addcmul_((r - g).add_(4.0), is_b)
+    shift = _per_sample(factors, images).view(-1, 1, 1, 1) * 6.0 + _HUE_N.to(images.device)  # [B, 3, 1, 1]
+    k = h.unsqueeze(1) + shift
+    k.sub_(torch.div(k, 6.0).floor_().mul_(6.0))  # k mod 6 (torch.remainder is much slower on CPU)
+    k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return torch.addcmul(maxc, chroma, k, value=-1.0)  # V - C * k
+
+
+_HUE_N = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
 
 
 def _apply_where(mask: torch.Tensor, images: torch.Tensor, op) -> torch.Tensor:
@@ -277,20 +287,19 @@ def apply_color_jitter(
     the batch, whatever the mix of orders.
     """
     x = images if inplace else images.clone()
-    enabled = torch.tensor(enabled, device=x.device)
+    # Per sample and slot [B, 4]: the op, its factor, and the blend coefficients a, b, c.
+    f = factors.gather(1, order)
+    on = apply[:, None] & torch.tensor(enabled, device=x.device)[order]
+    a = torch.where(on & (order <= 2), f, torch.ones_like(f))
+    b = torch.where(on & (order == 2), 1.0 - f, torch.zeros_like(f))
+    c = torch.where(on & (order == 1), 1.0 - f, torch.zeros_like(f))
+    hue = on & (order == 3)
     for slot in range(4):
-        op = order[:, slot]
-        on = apply & enabled[op]
-        f = factors.gather(1, op[:, None]).squeeze(1)  # each sample's factor for its op
-        one, zero = torch.ones_like(f), torch.zeros_like(f)
-        a = torch.where(on & (op <= 2), f, one)
-        b = torch.where(on & (op == 2), 1.0 - f, zero)
-        c = torch.where(on & (op == 1), 1.0 - f, zero)
+        ak, bk, ck = (t[:, slot].view(-1, 1, 1, 1) for t in (a, b, c))
         gray = rgb_to_grayscale(x)
-        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-        x.mul_(a.view(-1, 1, 1, 1)).addcmul_(gray, b.view(-1, 1, 1, 1)).add_(mean * c.view(-1, 1, 1, 1))
-        x.clamp_(0.0, 1.0)
-        _apply_where(on & (op == 3), x, lambda xs, idx: adjust_hue(xs, f[idx]))
+        other = torch.addcmul(gray.mean(dim=(1, 2, 3), keepdim=True) * ck, gray, bk)  # b gray + c mean
+        torch.addcmul(other, x, ak, out=x).clamp_(0.0, 1.0)  # a x + b gray + c mean, clipped
+        _apply_where(hue[:, slot], x, lambda xs, idx: adjust_hue(xs, f[idx, slot]))
     return x
 
 
@@ -497,13 +506,20 @@ class Augment(torch.nn.Module):
     are independent. There are no learnable parameters; it is a Module only so it can sit
     in a model or be moved with ``.to()`` like one.
 
-    On CPU the batch is rendered ``chunk`` images at a time (default: ~128 at 32 px):
-    the intermediate tensors then stay in the L2 cache and are cheap to allocate, which
-    is worth ~2x on CPU. On GPU the whole batch goes at once. Chunking never changes
-    the result: all random parameters are drawn for the whole batch first.
+    On GPU each view is rendered in one go. On CPU two things make it ~2-4x faster:
+
+    * ``chunk``: render ``chunk`` images at a time (default ~128 at 32 px), so the
+      temporaries stay small: cache-resident and cheap to allocate;
+    * ``workers``: render the chunks of all views on that many threads (default
+      ``torch.get_num_threads()``), each running torch single-threaded. The ops on one
+      chunk are too small for torch's own intra-op threads to pay off, and those threads
+      stall badly when another process shares the cores.
+
+    Neither changes the result: all random parameters are drawn up front, in view order,
+    from the global RNG, and rendering is deterministic.
     """
 
-    def __init__(self, views: list[ViewSpec], chunk: int | None = None):
+    def __init__(self, views: list[ViewSpec], chunk: int | None = None, workers: int | None = None):
         super().__init__()
         if isinstance(views, ViewSpec):
             views = [views]
@@ -511,27 +527,47 @@ class Augment(torch.nn.Module):
             raise ValueError("Augment needs at least one ViewSpec")
         self.views = list(views)
         self.chunk = chunk
+        self.workers = workers
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         _check_batch(images)
-        return [self.view(images, spec) for spec in self.views]
-
-    def view(self, images: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
-        """One view of every image in the batch."""
-        B = images.shape[0]
-        params = sample_view_params(images, spec)
-        out = torch.empty(B, 3, spec.size, spec.size, device=images.device)
-        chunk = self.chunk or (B if images.device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // spec.size**2))
-        for lo in range(0, B, chunk):
-            part = slice(lo, lo + chunk)
-            render_view(images[part], {k: v[part] for k, v in params.items()}, spec, out=out[part])
-        return out
+        B, dev = images.shape[0], images.device
+        params = [sample_view_params(images, spec) for spec in self.views]  # all RNG use, in order
+        outs = [torch.empty(B, 3, spec.size, spec.size, device=dev, dtype=torch.float32) for spec in self.views]
+        jobs = []  # (images, params, spec, out) for every chunk of every view
+        for spec, p, out in zip(self.views, params, outs):
+            chunk = B if dev.type != "cpu" else (self.chunk or max(1, CPU_CHUNK_PIXELS // spec.size**2))
+            for lo in range(0, B, chunk):
+                part = slice(lo, lo + chunk)
+                jobs.append((images[part], {k: v[part] for k, v in p.items()}, spec, out[part]))
+        workers = self.workers or torch.get_num_threads()
+        if dev.type == "cpu" and workers > 1 and len(jobs) > 1:
+            threads = torch.get_num_threads()
+            list(_thread_pool(workers).map(lambda job: render_view(*job), jobs))
+            # A worker's torch.set_num_threads(1) also lowers torch's default for threads
+            # started later; put it back (this thread's own setting never changed).
+            torch.set_num_threads(threads)
+        else:
+            for job in jobs:
+                render_view(*job)
+        return outs
 
     def extra_repr(self) -> str:
         return "\n".join(repr(v) for v in self.views)
 
 
 CPU_CHUNK_PIXELS = 128 * 32 * 32  # output pixels per chunk on CPU
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads that run torch ops single-threaded."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="sslbook-augment",
+                                             initializer=torch.set_num_threads, initargs=(1,))
+    return _POOLS[workers]
 
 
 def sample_view_params(images: torch.Tensor, spec: ViewSpec) -> dict[str, torch.Tensor]:

@@ -275,6 +275,9 @@ CHOICES = {
 
 
 def validate(cfg: Config) -> None:
+    from .methods import check_method_args  # here, not at the top: the methods import this module
+
+    check_method_args(cfg.method, {k: v for k, v in cfg.method_args.items() if k != "num_data"})
     for path, choices in CHOICES.items():
         obj = cfg
         for part in path[:-1]:

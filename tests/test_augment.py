@@ -266,10 +266,12 @@ def test_determinism_and_chunking():
     torch.manual_seed(8)
     b = aug(x8)
     torch.manual_seed(8)
-    c = A.Augment(A.recipe("simclr"), chunk=3)(x8)  # chunking never changes the result
+    c = A.Augment(A.recipe("simclr"), chunk=7, workers=1)(x8)  # chunks in turn...
+    torch.manual_seed(8)
+    c2 = A.Augment(A.recipe("simclr"), chunk=6, workers=2)(x8)  # ...or on 2 threads: same result
     c_state = torch.get_rng_state()
-    for u, v, w in zip(a, b, c):
-        assert torch.equal(u, v) and torch.equal(u, w)
+    for u, v, w, w2 in zip(a, b, c, c2):
+        assert torch.equal(u, v) and torch.equal(u, w) and torch.equal(u, w2)
     d = aug(x8)
     assert not torch.equal(a[0], d[0])
     # The RNG state after a call is a resumable checkpoint.
@@ -277,6 +279,18 @@ def test_determinism_and_chunking():
     torch.set_rng_state(c_state)
     aug(x8)
     assert torch.equal(aug(x8)[0], e[0])
+
+
+def test_worker_threads_leave_torch_thread_settings_alone():
+    import threading
+
+    before = torch.get_num_threads()
+    A.Augment(A.recipe("simclr"), chunk=4, workers=2)(_images(16))
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert torch.get_num_threads() == before and seen == [before]
 
 
 @pytest.mark.parametrize("name", sorted(A.RECIPES))

@@ -62,3 +62,11 @@ def test_imagenet_config_runs_one_step_on_a_tiny_image_folder(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 1 and results["encoder"] == "resnet50-w8-imagenet"
     assert 0 <= results["knn200_top1"] <= 100
+
+
+def test_unknown_method_and_method_args_are_config_errors(tmp_path, capsys):
+    assert main(["train", "method=simclrr", "profile=smoke", f"out_dir={tmp_path / 'a'}"]) == 2
+    assert "unknown method 'simclrr'; valid methods: simclr" in capsys.readouterr().err
+    assert main(["train", "method_args.temprature=0.1", "profile=smoke", f"out_dir={tmp_path / 'b'}"]) == 2
+    assert "unknown method_args ['temprature'] for simclr; valid keys: hidden_dim, out_dim, temperature" in \
+        capsys.readouterr().err
