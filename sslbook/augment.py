@@ -536,7 +536,7 @@ class Augment(torch.nn.Module):
         outs = [torch.empty(B, 3, spec.size, spec.size, device=dev, dtype=torch.float32) for spec in self.views]
         jobs = []  # (images, params, spec, out) for every chunk of every view
         for spec, p, out in zip(self.views, params, outs):
-            chunk = B if dev.type != "cpu" else (self.chunk or max(1, CPU_CHUNK_PIXELS // spec.size**2))
+            chunk = max(1, B) if dev.type != "cpu" else (self.chunk or max(1, CPU_CHUNK_PIXELS // spec.size**2))
             for lo in range(0, B, chunk):
                 part = slice(lo, lo + chunk)
                 jobs.append((images[part], {k: v[part] for k, v in p.items()}, spec, out[part]))

@@ -81,6 +81,19 @@ def test_codes_are_equipartitioned_through_forward(monkeypatch):
     assert (codes.sum(0) - batch / k).abs().max() < (softmax_usage - batch / k).abs().max()
 
 
+def test_scores_and_codes_stay_float32_under_bf16_autocast(monkeypatch):
+    spy = SinkhornSpy()
+    monkeypatch.setattr(swav_module, "sinkhorn", spy)
+    torch.manual_seed(0)
+    method = tiny_swav(queue_length=32, queue_start_epoch=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        method(views_of(), None)
+        out = method(views_of(seed=1), None)  # now with the queue
+    assert torch.isfinite(out["loss"]) and method.queue.dtype == torch.float32
+    assert all(scores.dtype == codes.dtype == torch.float32 for scores, codes in spy.calls)
+    torch.testing.assert_close(spy.calls[-1][1].sum(1), torch.ones(32))
+
+
 def test_assign_has_no_gradient_and_prototypes_are_unit_after_forward():
     torch.manual_seed(0)
     method = tiny_swav()

@@ -169,11 +169,14 @@ class MemoryBank(nn.Module):
 class MemoryMethod(Method):
     """What InstDisc and PIRL share: the bank, log Z, and the NCE / InfoNCE score against the bank."""
 
-    def __init__(self, backbone, num_data: int, dim: int, num_negatives: int, temperature: float,
+    def __init__(self, backbone, num_data: int, dim: int, num_negatives: Optional[int], temperature: float,
                  bank_momentum: float, loss: str):
         super().__init__(backbone)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if num_negatives is None and loss == "nce":
+            raise ValueError("num_negatives=None (score every bank row: the exact non-parametric softmax) "
+                             "needs loss='softmax'")
         if num_data is None:
             raise ValueError("a memory-bank method needs num_data = the number of training images "
                              "(train() passes it when it builds the method from a config)")
@@ -196,6 +199,12 @@ class MemoryMethod(Method):
         super()._load_from_state_dict(*args, **kwargs)
         self._log_z_known = None  # log_z may have changed: look again at the next forward
 
+    def sample_negatives(self, index: torch.Tensor) -> Optional[torch.Tensor]:
+        """This step's noise rows (shared by the batch, the batch excluded), or None for every row."""
+        if self.num_negatives is None:
+            return None
+        return self.bank.sample_negatives(self.num_negatives, exclude=index)
+
     def scores(self, v: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor):
         """Positive scores m_i . v_i / tau ``[B]`` and noise scores m_j . v_i / tau ``[B, m]``, in float32."""
         with torch.autocast(v.device.type, enabled=False):
@@ -214,15 +223,20 @@ class MemoryMethod(Method):
                                                      self.bank.num_data))
             self._log_z_known = True
 
-    def contrast(self, v: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    def contrast(self, v: torch.Tensor, index: torch.Tensor, negatives: Optional[torch.Tensor]) -> torch.Tensor:
         """The loss of normalised features ``v`` ``[B, d]`` whose positives are bank rows ``index``.
 
         ``"nce"``: :func:`sslbook.losses.nce_loss` with the fixed log Z (estimated here on the first
         call). ``"softmax"``: :func:`sslbook.losses.info_nce`, a (1+m)-way softmax with the positive
-        first.
+        first; with ``negatives=None`` the n-way softmax over every row of the bank, the positive
+        being row i itself (the paper's Eq. 2, exact: its "non-parametric softmax").
         """
         if self.loss == "softmax":
             with torch.autocast(v.device.type, enabled=False):
+                if negatives is None:
+                    # A copy of the bank: backward needs it after this step's in-place write.
+                    logits = v.float() @ self.bank.vectors.clone().T / self.temperature  # [B, n]
+                    return F.cross_entropy(logits, index)
                 return info_nce(v.float(), self.bank(index), self.bank(negatives), self.temperature)
         positive, negative = self.scores(v, index, negatives)
         self.estimate_log_z(negative)
@@ -236,7 +250,7 @@ class InstDisc(MemoryMethod):
     momentum 0.5, NCE. ``num_data``: the number of training images (the size of the bank).
     """
 
-    def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: int = 4096,
+    def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: Optional[int] = 4096,
                  temperature: float = 0.07, bank_momentum: float = 0.5, loss: str = "nce"):
         super().__init__(backbone, num_data, dim, num_negatives, temperature, bank_momentum, loss)
         self.projector = linear_projector(backbone.feature_dim, dim)  # "a linear layer to 128-D"
@@ -248,7 +262,7 @@ class InstDisc(MemoryMethod):
     def forward(self, views, index):
         index = index.to(self.bank.vectors.device)
         v = self.project(views[0])  # one view per image: the other side of the pair is the bank
-        negatives = self.bank.sample_negatives(self.num_negatives, exclude=index)
+        negatives = self.sample_negatives(index)
         loss = self.contrast(v, index, negatives)
         with torch.no_grad():
             positive_cos = (v.float() * self.bank(index)).sum(dim=1).mean()  # before this step's write
@@ -269,7 +283,7 @@ class PIRL(MemoryMethod):
     negatives, tau = 0.07, bank momentum 0.5, lambda = 0.5); ``tile`` defaults to 64/85 of a cell.
     """
 
-    def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: int = 32000,
+    def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: Optional[int] = 32000,
                  temperature: float = 0.07, bank_momentum: float = 0.5, loss_weight: float = 0.5,
                  grid: int = 3, tile: Optional[int] = None, loss: str = "nce"):
         super().__init__(backbone, num_data, dim, num_negatives, temperature, bank_momentum, loss)
@@ -299,7 +313,7 @@ class PIRL(MemoryMethod):
         v = self.project(image)  # f(v_I)
         tiles, _ = jigsaw_tiles(puzzle, self.grid, self.tile)  # I_t: shuffled tiles
         v_t = self.project_tiles(tiles)  # g(v_It)
-        negatives = self.bank.sample_negatives(self.num_negatives, exclude=index)  # shared by both terms
+        negatives = self.sample_negatives(index)  # shared by both terms
         loss_jigsaw = self.contrast(v_t, index, negatives)  # NCE(m_I, g(v_It))
         loss_image = self.contrast(v, index, negatives)  # NCE(m_I, f(v_I))
         loss = self.loss_weight * loss_jigsaw + (1 - self.loss_weight) * loss_image  # Eq. 5

@@ -9,7 +9,7 @@ The paper's Algorithm 1 (PyTorch-like pseudocode), line by line:
                                                              crops first, then any local crops)
         z = model(cat(x_t, x_s))                          -> _embed: backbone per resolution group,
                                                              one projector pass, then normalize
-        scores = mm(z, C)                                 -> self.prototypes
+        scores = mm(z, C)                                 -> _scores: self.prototypes, in float32
         scores_t, scores_s = scores[:B], scores[B:]
         with torch.no_grad():
             q_t, q_s = sinkhorn(scores_t), sinkhorn(scores_s)  -> assign(): losses.sinkhorn, over
@@ -107,6 +107,12 @@ class SwAV(Method):
             start = end
         return F.normalize(self.projector(torch.cat(feats)), dim=1)
 
+    def _scores(self, z: torch.Tensor) -> torch.Tensor:
+        """Cosines of z with the prototypes, in float32 even under autocast: Sinkhorn divides them by
+        epsilon (0.05), which would magnify bf16/fp16 rounding twenty-fold."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self.prototypes(z.float())
+
     def queue_active(self) -> bool:
         """True once the trainer has reached ``queue_start_epoch`` and the queue holds features."""
         return self.queue.shape[1] > 0 and int(self.epoch) >= self.queue_start_epoch and int(self.queue_filled) > 0
@@ -120,11 +126,11 @@ class SwAV(Method):
         rows, the batch's, are returned.
         """
         batch = scores.shape[0]
-        scores = scores.detach()
+        scores = scores.detach().float()
         if self.queue_active():
             world, rank = distributed.world_size(), distributed.rank()
             queued = self.queue[crop, : int(self.queue_filled)][rank::world]  # this process's share
-            scores = torch.cat([self.prototypes(queued).to(scores.dtype), scores])
+            scores = torch.cat([self._scores(queued), scores])
         codes = sinkhorn(scores, self.epsilon, self.sinkhorn_iterations, distributed.world_size(),
                          all_reduce=distributed.all_reduce_sum if distributed.is_distributed() else None)
         return codes[-batch:]  # the batch rows only
@@ -147,7 +153,7 @@ class SwAV(Method):
         self.prototypes.normalize_()  # unit prototypes before every forward, as the official code
         batch = views[0].shape[0]
         z = self._embed(views)
-        scores = self.prototypes(z).chunk(len(views))  # V tensors [B, K]
+        scores = self._scores(z).chunk(len(views))  # V tensors [B, K]
         codes = [self.assign(scores[t], t) for t in range(self.num_global)]  # targets, no gradient
         loss = swav_loss(scores, codes, self.temperature)  # each code predicted from every other crop
         if self.training:  # the queue is filled after computing the codes (it fills from the start,
@@ -170,4 +176,4 @@ class SwAV(Method):
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """Prototype scores [B, K] (cosines) of a batch, for inspection; call ``eval()`` first."""
         self.prototypes.normalize_()
-        return self.prototypes(F.normalize(self.projector(self.backbone(images)), dim=1))
+        return self._scores(F.normalize(self.projector(self.backbone(images)), dim=1))
