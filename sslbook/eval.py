@@ -239,13 +239,13 @@ def predict(model: nn.Module, dataset: ImageTensorDataset, batch_size: int = 512
     *training* set's). The model's train/eval flags are put back afterwards.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    spec = recipe("eval", size=size or dataset.images.shape[-1], mean=dataset.mean if mean is None else mean,
-                  std=dataset.std if std is None else std)[0]
+    to_input = Augment(recipe("eval", size=size or dataset.images.shape[-1], mean=dataset.mean if mean is None else mean,
+                              std=dataset.std if std is None else std))
     flags = _training_flags(model)
     model.eval()
     try:
         with _private_rng(device):  # Augment draws (unused) random parameters even for eval views
-            preds = [model(Augment.view(dataset.images[i:i + batch_size].to(device), spec)).argmax(1).cpu()
+            preds = [model(to_input(dataset.images[i:i + batch_size].to(device))[0]).argmax(1).cpu()
                      for i in range(0, len(dataset), batch_size)]
     finally:
         _restore_flags(flags)

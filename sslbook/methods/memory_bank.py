@@ -29,7 +29,8 @@ The last line is the paper's "proximal" regularisation as the official code (and
 the bank "an exponential moving average of feature representations") implements it: the bank
 entry moves half-way to the new feature instead of being replaced. ``loss="softmax"`` swaps NCE
 for InfoNCE over [positive, negatives], as the authors' later release and most re-implementations
-do.
+do; with ``num_negatives=None`` it scores every bank row, which is the paper's Eq. 2 without any
+approximation (affordable for CIFAR-10's 50,000 images: the authors' CIFAR command does this).
 
 PIRL keeps InstDisc's bank but changes what is compared with it. Besides the image I it builds a
 transformed image I_t, here the jigsaw puzzle (:func:`sslbook.pretext.jigsaw_tiles`): 9 tiles
@@ -98,11 +99,12 @@ class MemoryBank(nn.Module):
     ``num_updates - written_at`` is therefore each row's age in steps.
     """
 
-    def __init__(self, num_data: int, dim: int = 128, seed: int = 0):
+    def __init__(self, num_data: int, dim: int = 128, seed: int = 1805_01978):
         super().__init__()
         if num_data < 2:
             raise ValueError(f"a memory bank needs num_data >= 2 images, got {num_data}")
-        # Random unit vectors (Gaussian, normalised: uniform on the sphere). A private generator,
+        # Random unit vectors (Gaussian, normalised: uniform on the sphere). A private generator (its
+        # default seed is InstDisc's arXiv number, so it never repeats the stream of torch.manual_seed(0)),
         # so every DDP process starts from the same bank and the global RNG is not consumed.
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("vectors", F.normalize(torch.randn(num_data, dim, generator=g), dim=1))
@@ -189,7 +191,7 @@ class MemoryMethod(Method):
         self.loss = loss
         # log Z of NCE: NaN until it is estimated from the first batch, then a constant (a buffer,
         # so a resumed run keeps the same Z).
-        self.register_buffer("log_z", torch.tensor(float("nan"), dtype=torch.float64))
+        self.register_buffer("log_z", torch.tensor(float("nan")))
         self._log_z_known: Optional[bool] = None  # cache of isfinite(log_z): one host sync, not one per step
         # DDP must not broadcast the bank from rank 0 at every forward: every process makes the same
         # writes (MemoryBank.update gathers them) and starts from the same seeded vectors.
@@ -248,6 +250,8 @@ class InstDisc(MemoryMethod):
 
     Defaults are the paper's ImageNet setting: 128-D, m = 4096 noise samples, tau = 0.07, bank
     momentum 0.5, NCE. ``num_data``: the number of training images (the size of the bank).
+    ``loss="softmax"``: InfoNCE over the positive and the m negatives, or, with
+    ``num_negatives=None``, the exact softmax over all n bank rows.
     """
 
     def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: Optional[int] = 4096,
@@ -281,6 +285,8 @@ class PIRL(MemoryMethod):
     tile to ``dim`` (shared by the tiles), the ``grid**2`` results concatenated in the shuffled
     order, then a linear layer to ``dim``. Defaults are the paper's ImageNet setting (N = 32,000
     negatives, tau = 0.07, bank momentum 0.5, lambda = 0.5); ``tile`` defaults to 64/85 of a cell.
+    Both terms score the same negatives; with NCE, log Z is fixed from the first batch's puzzle
+    scores (the first term computed, as in the authors' VISSL code).
     """
 
     def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: Optional[int] = 32000,
@@ -350,3 +356,21 @@ def bank_staleness(method: MemoryMethod, images: torch.Tensor, index: torch.Tens
             m.training = training
     cos = (fresh * method.bank(index)).sum(dim=1)
     return {"cos": cos.cpu(), "age": method.bank.age(index).cpu()}
+
+
+def staleness_by_age(report: dict, steps_per_epoch: int, edges=(0.25, 0.5, 0.75, 1.0)) -> list:
+    """Group a :func:`bank_staleness` report by the age of the rows, in epochs.
+
+    Returns one dict per bin, ``{"bin": label, "cos": mean cos (nan if empty), "count": rows}``;
+    the bins are [0, edges[0]), [edges[0], edges[1]), ..., [edges[-1], inf) epochs.
+    """
+    age = report["age"].float() / steps_per_epoch
+    which = torch.bucketize(age, torch.tensor(edges, dtype=torch.float32), right=True)
+    bounds = [0.0, *edges, float("inf")]
+    rows = []
+    for b in range(len(edges) + 1):
+        mask = which == b
+        label = f"{bounds[b]:g}-{bounds[b + 1]:g}" if b < len(edges) else f">={bounds[b]:g}"
+        rows.append({"bin": label, "cos": float(report["cos"][mask].mean()) if mask.any() else float("nan"),
+                     "count": int(mask.sum())})
+    return rows
