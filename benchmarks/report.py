@@ -32,14 +32,14 @@ def augment_section(r):
     if r is None:
         return ""
     lines = ["## Augmentation throughput", "",
-             f"{r.get('benchmark', 'SimCLR two-view recipe, 32 px')}; torch {r.get('torch')}, "
-             f"{r.get('threads')} threads, {r.get('date')}.", "", "| pipeline | images/s | vs torchvision PIL |",
-             "|---|---:|---:|"]
-    rows = r["rows"]
-    base = next((x["images_per_s"] for x in rows if "torchvision" in x["pipeline"]), None)
-    for x in rows:
-        ratio = f"{x['images_per_s'] / base:.1f}x" if base else ""
-        lines.append(f"| {x['pipeline']} | {x['images_per_s']:,.0f} | {ratio} |")
+             f"{r['benchmark']}, batch {r['batch_size']}; torch {r['torch']}, {r['torch_threads']} threads on "
+             f"{r['cpu_count']} CPUs, data: {r['data'].split(' (')[0]}, {r['date'][:10]}; load average before/after "
+             f"{r['loadavg_1min_before_after']}.", "",
+             "| pipeline | images/s (best window) | median | CPU ms / 1000 images | vs torchvision PIL |",
+             "|---|---:|---:|---:|---:|"]
+    for x in r["results"]:
+        lines.append(f"| {x['method']} | {x['images_per_s']:,.0f} | {x['median_images_per_s']:,.0f} | "
+                     f"{x['cpu_ms_per_1000_images']:.0f} | {x['speedup_vs_torchvision']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
