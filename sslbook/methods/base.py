@@ -36,3 +36,14 @@ class Method(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The representation evaluated downstream: the backbone's features (before any head)."""
         return self.backbone(images)
+
+
+@torch.no_grad()
+def momentum_update(online_parameters, target_parameters, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter.
+
+    MoCo's key encoder (Eq. 2) and BYOL's target network (Eq. 1) are both this moving average of
+    the network that the optimiser trains; buffers (BatchNorm statistics) are not averaged.
+    """
+    for online, target in zip(online_parameters, target_parameters):
+        target.mul_(momentum).add_(online.detach(), alpha=1.0 - momentum)

@@ -55,7 +55,7 @@ import torch
 
 from ..losses import byol_loss
 from ..models import byol_predictor, byol_projector
-from .base import Method
+from .base import Method, momentum_update
 
 
 class BYOL(Method):
@@ -119,5 +119,4 @@ class BYOL(Method):
         """Eq. 1, xi <- tau xi + (1 - tau) theta, with tau from the cosine schedule at ``progress``."""
         tau = self.momentum_at(progress)
         self.tau.fill_(tau)
-        for theta, xi in zip(self._online_parameters(), self._target_parameters()):
-            xi.mul_(tau).add_(theta.detach(), alpha=1.0 - tau)
+        momentum_update(self._online_parameters(), self._target_parameters(), tau)

@@ -70,7 +70,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import distributed
 from ..losses import info_nce, info_nce_logits
 from ..models import linear_projector, moco_v2_projector
-from .base import Method
+from .base import Method, momentum_update
 
 DEFAULT_TEMPERATURE = {1: 0.07, 2: 0.2}  # He et al. 2020 Sec. 3.3; Chen et al. 2020 Table 1
 
@@ -276,6 +276,4 @@ class MoCo(Method):
     def after_optimizer_step(self, progress: float) -> None:
         """Eq. 2, theta_k <- m theta_k + (1 - m) theta_q, on the parameters (BN running statistics of
         f_k come from its own forward passes, as in the official code)."""
-        m = self.momentum
-        for theta_q, theta_k in zip(self._query_parameters(), self._key_parameters()):
-            theta_k.mul_(m).add_(theta_q.detach(), alpha=1.0 - m)
+        momentum_update(self._query_parameters(), self._key_parameters(), self.momentum)
