@@ -335,6 +335,9 @@ def test_trainer_sizes_the_bank_from_the_data(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("cls, augment, loss", [(InstDisc, "augment=instdisc", "nce"), (PIRL, TWO_VIEWS, "softmax")])
 def test_bf16_and_channels_last_keep_the_bank_float32(tmp_path, cls, augment, loss):
+    # Fixed initial weights: once (in a full-suite run, weights drawn from whatever RNG state the
+    # earlier tests left) PIRL's loss became NaN at step 2 in bf16; not reproduced with seeds 0-7.
+    torch.manual_seed(0)
     method = cls(encoder(), num_data=64, num_negatives=None if loss == "softmax" else 32, loss=loss)
     result = train(config(tmp_path, augment, "precision=bf16", "channels_last=true", "epochs=1", "eval_every=0"),
                    method=method, datasets=data())
