@@ -47,3 +47,20 @@ def tiny_dataset(n=64, side=16, classes=4, seed=0):
     images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % classes
     return ImageTensorDataset(images, labels, [f"c{i}" for i in range(classes)], "tiny")
+
+
+def tiny_run_config(tmp_path, *overrides, name="run"):
+    """A seconds-long training config on tiny data: width-4 ResNet-18, batch 16, a fresh out_dir.
+
+    Later overrides win, so a test file passes its own defaults first and each test its changes after.
+    """
+    from sslbook.config import load_config
+
+    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=16", "epochs=2", "eval_every=0",
+                              "progress=false", "verbose=false", "log_every=2", "max_minutes=null",
+                              f"out_dir={tmp_path / name}", "resume=never", *overrides])
+
+
+def tiny_datasets():
+    """(train, test): 64 and 32 random 16 px images in 4 classes."""
+    return tiny_dataset(64, 16, seed=0), tiny_dataset(32, 16, seed=1)

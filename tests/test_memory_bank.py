@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_dataset
+from conftest import tiny_datasets, tiny_run_config
 from sslbook import losses
 from sslbook.config import load_config
 from sslbook.methods import memory_bank
@@ -297,13 +297,11 @@ def test_one_step_changes_parameters_and_is_seeded(cls):
 
 # --------------------------------------------------------------------------- through the trainer
 def config(tmp_path, *overrides, name="run"):
-    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=16", "epochs=2", "eval_every=1",
-                              "progress=false", "verbose=false", "log_every=2", "max_minutes=null",
-                              f"out_dir={tmp_path / name}", "resume=never", *overrides])
+    return tiny_run_config(tmp_path, "epochs=2", "eval_every=1", "log_every=2", *overrides, name=name)
 
 
 def data():
-    return tiny_dataset(64, 16, seed=0), tiny_dataset(32, 16, seed=1)
+    return tiny_datasets()
 
 
 def test_instdisc_and_pirl_train(tmp_path):

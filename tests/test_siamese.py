@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_dataset
+from conftest import tiny_datasets, tiny_run_config
 from sslbook.config import load_config
 from sslbook.losses import negative_cosine, output_std
 from sslbook.methods import Method
@@ -42,13 +42,11 @@ def record_outputs(module):
 
 
 def config(tmp_path, *overrides, name="run"):
-    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=16", "epochs=2", "eval_every=0",
-                              "progress=false", "verbose=false", "log_every=1", "max_minutes=null",
-                              f"out_dir={tmp_path / name}", "resume=never", *overrides])
+    return tiny_run_config(tmp_path, "epochs=2", "eval_every=0", "log_every=1", *overrides, name=name)
 
 
 def data():
-    return tiny_dataset(64, 16, seed=0), tiny_dataset(32, 16, seed=1)
+    return tiny_datasets()
 
 
 def full_state(method):

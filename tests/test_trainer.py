@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_dataset
-from sslbook.config import load_config
+from conftest import tiny_datasets, tiny_run_config
 from sslbook.methods import Method
 from sslbook.methods.simclr import SimCLR
 from sslbook.models import resnet
@@ -13,13 +12,11 @@ from sslbook.trainer import CheckpointError, TrainingDiverged, read_checkpoint, 
 
 
 def config(tmp_path, *overrides, name="run"):
-    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=16", "epochs=3", "eval_every=1",
-                              "progress=false", "verbose=false", "log_every=2", "max_minutes=null",
-                              f"out_dir={tmp_path / name}", "resume=never", *overrides])
+    return tiny_run_config(tmp_path, "epochs=3", "eval_every=1", "log_every=2", *overrides, name=name)
 
 
 def data():
-    return tiny_dataset(64, 16, seed=0), tiny_dataset(32, 16, seed=1)
+    return tiny_datasets()
 
 
 def params(method):
