@@ -72,7 +72,7 @@ def main():
               "date": datetime.date.today().isoformat(), "rows": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"| variant | images/s | peak memory (MB) |\n|---|---:|---:|")
+    print("| variant | images/s | peak memory (MB) |\n|---|---:|---:|")
     for r in rows:
         if "error" in r:
             print(f"| {r['variant']} | failed: {r['error']} | |")

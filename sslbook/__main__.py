@@ -25,8 +25,6 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    import torch
-
     from . import eval as ev
     from .profiles import default_device
     from .trainer import dataset_stats, features_of, load_datasets, method_from_checkpoint

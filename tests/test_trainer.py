@@ -2,10 +2,8 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import tiny_datasets, tiny_run_config
-from sslbook.methods import Method
 from sslbook.methods.simclr import SimCLR
 from sslbook.models import resnet
 from sslbook.trainer import CheckpointError, TrainingDiverged, read_checkpoint, train
