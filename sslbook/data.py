@@ -98,6 +98,56 @@ def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tenso
     return index[torch.randperm(len(index), generator=g)]
 
 
+# --------------------------------------------------------------------------- variants for experiments
+def channel_stats(images: torch.Tensor) -> tuple[tuple, tuple]:
+    """Per-channel mean and std (in [0, 1] units) of a uint8 ``[N, 3, H, W]`` set."""
+    x = images.float().div_(255).transpose(0, 1).reshape(3, -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+def rotated_copy(dataset: ImageTensorDataset, seed: int = 0) -> ImageTensorDataset:
+    """Every image turned by its own random multiple of 90 degrees; labels unchanged.
+
+    A stand-in for imagery without an upright orientation (top-down photographs, microscopy,
+    textures): the class does not depend on the rotation, so a rotation label carries no
+    information about the content. The pretext chapter uses it to show where rotation prediction
+    (Gidaris et al. 2018) fails. The turn of image i is ``turns[i]`` (counter-clockwise quarters),
+    drawn once from ``seed``, so the copy is the same every time.
+    """
+    turns = torch.randint(0, 4, (len(dataset),), generator=torch.Generator().manual_seed(seed))
+    images = dataset.images.clone()
+    for k in range(1, 4):
+        picked = turns == k
+        images[picked] = torch.rot90(dataset.images[picked], k, dims=(2, 3))
+    mean, std = channel_stats(images)
+    return ImageTensorDataset(images, dataset.labels.clone(), dataset.classes, f"{dataset.name}-rotated", mean, std)
+
+
+TINTS = {  # name -> RGB multiplier; ten hues around the colour wheel
+    "red": (1.0, 0.25, 0.25), "orange": (1.0, 0.6, 0.2), "yellow": (1.0, 1.0, 0.25),
+    "lime": (0.6, 1.0, 0.2), "green": (0.25, 1.0, 0.25), "teal": (0.2, 1.0, 0.8),
+    "cyan": (0.25, 0.9, 1.0), "blue": (0.3, 0.4, 1.0), "purple": (0.7, 0.3, 1.0), "magenta": (1.0, 0.25, 0.9),
+}
+
+
+def tinted_copy(dataset: ImageTensorDataset, seed: int = 0) -> ImageTensorDataset:
+    """Grayscale versions of the images, each tinted with one of ten colours; the tint is the label.
+
+    A data set where colour, and only colour, decides the class: the grayscale content is the
+    original image's, and the label is which of :data:`TINTS` multiplies it (a per-image random
+    choice from ``seed``). The original object labels stay in ``dataset.labels`` (same order). The
+    pretext chapter uses it to show an augmentation (colour jitter, grayscale) removing exactly the
+    information a downstream task needs.
+    """
+    tint = torch.randint(0, len(TINTS), (len(dataset),), generator=torch.Generator().manual_seed(seed))
+    gray = (0.299 * dataset.images[:, 0].float() + 0.587 * dataset.images[:, 1].float()
+            + 0.114 * dataset.images[:, 2].float())  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+    colours = torch.tensor(list(TINTS.values()))  # [10, 3]
+    images = (gray[:, None] * colours[tint][:, :, None, None]).round().clamp_(0, 255).to(torch.uint8)
+    mean, std = channel_stats(images)
+    return ImageTensorDataset(images, tint, list(TINTS), f"{dataset.name}-tinted", mean, std)
+
+
 # --------------------------------------------------------------------------- CIFAR
 _CIFAR = {
     # name: (folder, train files, test files, meta file, label key, class-name key, torchvision class)

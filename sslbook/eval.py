@@ -55,11 +55,14 @@ def extract_features(encoder: Callable, images: torch.Tensor, mean=None, std=Non
     With ``mean``/``std`` the images are standardised first (the encoder's training normalisation),
     otherwise only scaled to [0, 1]. The train/eval mode of every submodule is put back afterwards.
     """
-    flags = _training_flags(encoder)
-    if hasattr(encoder, "eval"):
-        encoder.eval()
+    # A bound method such as ``method.embed`` is evaluated with its module in eval mode too.
+    module = encoder if isinstance(encoder, nn.Module) else getattr(encoder, "__self__", None)
+    module = module if isinstance(module, nn.Module) else None
+    flags = _training_flags(module) if module is not None else []
+    if module is not None:
+        module.eval()
     if device is None:
-        params = list(encoder.parameters()) if hasattr(encoder, "parameters") else []
+        params = list(module.parameters()) if module is not None else []
         device = params[0].device if params else torch.device("cpu")
     out = []
     try:

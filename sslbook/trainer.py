@@ -101,20 +101,21 @@ def build_augment(cfg: Config, mean, std, size: int) -> Augment:
 @torch.no_grad()
 def features_of(method: Method, dataset, mean, std, size: int, device, batch_size: int = 512,
                 num_workers: int = 2) -> tuple:
-    """Backbone features and labels of a whole dataset (no augmentation), for kNN."""
+    """The evaluated features (``method.embed``: the backbone's, unless the method says otherwise) and labels
+    of a whole dataset (no augmentation), for kNN."""
     if isinstance(dataset, ImageTensorDataset):
         images = dataset.images
         if images.shape[-1] != size:
             images = torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear",
                                                      antialias=True).round().clamp(0, 255).to(torch.uint8)
-        return extract_features(method.backbone, images, mean, std, batch_size, device), dataset.labels
+        return extract_features(method.embed, images, mean, std, batch_size, device), dataset.labels
     feats, labels = [], []
     loader = FolderLoader(dataset, batch_size, device, shuffle=False, drop_last=False, num_workers=num_workers)
     for images, y, _ in loader.epoch(0):
         if images.shape[-1] > size:  # the standard evaluation view: resize to load_size, centre crop
             offset = (images.shape[-1] - size) // 2
             images = images[..., offset:offset + size, offset:offset + size]
-        feats.append(extract_features(method.backbone, images, mean, std, batch_size, device))
+        feats.append(extract_features(method.embed, images, mean, std, batch_size, device))
         labels.append(y.cpu())
     return torch.cat(feats), torch.cat(labels)
 
@@ -200,14 +201,22 @@ def method_from_checkpoint(path: str | Path, device="cpu") -> tuple[Method, Conf
     return method.to(device).eval(), cfg
 
 
-def build_model(cfg: Config, num_data: Optional[int] = None) -> Method:
-    """The config's encoder wrapped in its method. Methods with a memory bank also get ``num_data``."""
+def build_model(cfg: Config, num_data: Optional[int] = None, mean=None, std=None) -> Method:
+    """The config's encoder wrapped in its method.
+
+    Methods with a memory bank also get ``num_data``; methods that need the views' pixel values back
+    (colour pretext tasks) take ``mean`` and ``std``, the normalisation the augmentation applied.
+    """
     m = cfg.model
     kwargs = {"width": m.width, "stem": m.stem} if m.encoder.startswith("resnet") else {}
     method_args = dict(cfg.method_args)
     cls = METHODS.get(cfg.method)
-    if cls is not None and "num_data" in inspect.signature(cls.__init__).parameters:
+    takes = inspect.signature(cls.__init__).parameters if cls is not None else {}
+    if "num_data" in takes:
         method_args.setdefault("num_data", num_data)
+    for key, value in (("mean", mean), ("std", std)):
+        if key in takes and value is not None:
+            method_args.setdefault(key, tuple(float(v) for v in value))
     return build_method(cfg.method, build_encoder(m.encoder, **kwargs), **method_args)
 
 
@@ -226,9 +235,31 @@ class RunResult:
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
 
+def reset_peak_memory(device) -> None:
+    """Restart the peak-memory count, so a run reports its own peak, not the whole process's.
+
+    On the CPU the peak is the process's resident-set high-water mark, which Linux resets through
+    /proc/self/clear_refs; elsewhere the count keeps earlier runs' peaks (an upper bound).
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:  # VmHWM: the high-water mark since the last reset_peak_memory (Linux)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
     return kb / 1024
 
@@ -247,6 +278,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     """
     device = dist.init_from_env()
     world = dist.world_size()
+    reset_peak_memory(device)
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
     if cfg.sync_bn and world > 1 and device.type == "cpu":
@@ -264,7 +296,7 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     loader = make_loader(train_set, cfg, device, cfg.batch_size // world)
     augment = build_augment(cfg, mean, std, crop)
 
-    method = method if method is not None else build_model(cfg, num_data=len(train_set))
+    method = method if method is not None else build_model(cfg, num_data=len(train_set), mean=mean, std=std)
     method = method.to(device)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)

@@ -291,3 +291,12 @@ def test_supervised_baseline_is_seeded_fine_tune():
     b = supervised_baseline(make, train, test, epochs=1, batch_size=8)
     assert a["history"][0]["loss"] == b["history"][0]["loss"]
     assert len(a["history"]) == 1
+
+
+def test_extract_features_of_a_bound_method_evaluates_its_module_in_eval_mode():
+    """The trainer's kNN monitor calls ``method.embed``: BatchNorm must use its running statistics."""
+    enc = Recorder().train()
+    images = torch.randint(0, 256, (6, 3, 4, 4), generator=gen(9), dtype=torch.uint8)
+    feats = extract_features(enc.forward, images, batch_size=4)
+    assert feats.shape == (6, 3) and enc.seen_training == [False, False]
+    assert enc.training and enc.bn.training  # modes put back
