@@ -20,6 +20,26 @@ numbers were measured on the machine named in each table (2 CPU cores, no GPU) a
 | `augment_throughput.py` | two-view SimCLR augmentation throughput at 32 px: sslbook's batched pipeline vs torchvision's PIL pipeline in a 2-worker DataLoader (and kornia if installed) |
 | `train_throughput.py` | images/s and peak memory of the whole SimCLR training step: fp32, channels_last, bf16, torch.compile |
 | `simclr_cpu.py` | SimCLR in the `cpu` profile: kNN top-1 on the CIFAR-10 test set after a fixed wall-clock budget |
+| `python -m sslbook bench` | several methods under one budget: kNN and linear-probe top-1, images/s, peak memory (writes `results/bench-<profile>.json`) |
+
+## Comparing methods: `python -m sslbook bench`
+
+```bash
+python -m sslbook bench --configs cifar10/simclr,cifar10/moco_v2 --profile cpu --minutes 5
+python -m sslbook bench --configs all --profile cpu            # every shipped CIFAR-10 config
+python -m sslbook bench --configs all --profile gpu --runs runs/bench-gpu --set seed=1
+```
+
+Each config is trained by the one trainer with the same profile, budget (`--minutes`, default the
+profile's) and `--set key=value` overrides, into `<runs>/<name>-<profile>` (default `runs/bench`). The
+frozen representation of each run (`method.embed`) is scored twice on the test set: kNN (k = 200 and 20)
+and a linear probe (100 epochs on standardised features; `--no-linear` skips it). A finished run already
+in that folder with the same effective settings is reused, not retrained (settings that cannot change
+the network, such as `progress` or `eval_every`, are not compared); any other run there is retrained,
+with a line saying why. The rows go to `results/bench-<profile>.json` (`--out`) together with the date,
+torch version, CPU model, cores and the load average before and after, and a Markdown table is printed.
+The same functions are `sslbook.bench.run_all`, `results_table` and `accuracy_vs_time`, which the
+chapters' closing tables use.
 """
 
 
@@ -71,9 +91,30 @@ def simclr_section(r):
         f"{x['knn200_top1']:.2f}% | {x['knn20_top1']:.2f}% | {r['raw_pixels_knn200_top1']:.2f}% |", ""])
 
 
+def bench_sections():
+    """One table per results/bench-<profile>.json written by `python -m sslbook bench`."""
+    files = sorted(f for f in RESULTS.glob("bench-*.json") if f.name != "bench-smoke.json")  # smoke: meaningless
+    if not files:
+        return ""
+    from sslbook.bench import results_table  # imports torch: only when there is something to show
+
+    parts = []
+    for path in files:
+        r = json.loads(path.read_text())
+        env = r.get("environment", {})
+        parts += [f"## Methods under one budget (`{path.name}`)", "",
+                  f"`{r.get('command', 'python -m sslbook bench')}` ({env.get('date', '?')[:10]}, profile "
+                  f"{env.get('profile')}, {env.get('cpu')}, {env.get('cores')} cores, torch {env.get('torch')}; "
+                  f"load average at start/end {env.get('loadavg_1min_start')}/{env.get('loadavg_1min_end')}).", "",
+                  results_table(r["rows"], columns=["config", "budget_minutes", "train_minutes", "epochs",
+                                                    "images_per_s", "peak_memory_mb", "knn200_top1", "knn20_top1",
+                                                    "linear_top1", "reused"]), ""]
+    return "\n".join(parts)
+
+
 def main():
     parts = [INTRO, augment_section(load("augment_throughput.json")), train_section(load("train_throughput.json")),
-             simclr_section(load("simclr_cpu.json"))]
+             simclr_section(load("simclr_cpu.json")), bench_sections()]
     (HERE / "README.md").write_text("\n".join(p for p in parts if p))
     print(f"wrote {HERE / 'README.md'}")
 

@@ -1,9 +1,10 @@
-"""Command line: ``python -m sslbook train|eval ...``.
+"""Command line: ``python -m sslbook train|eval|bench ...``.
 
     python -m sslbook train                                   # SimCLR on CIFAR-10, auto profile
     python -m sslbook train configs/cifar10/simclr.yaml optim.lr=0.3 epochs=100
     torchrun --nproc_per_node=8 -m sslbook train configs/imagenet/simclr.yaml data.root=/data/imagenet
     python -m sslbook eval runs/simclr-cifar10-cpu/checkpoint.pt --linear
+    python -m sslbook bench --configs cifar10/simclr,cifar10/moco_v2 --profile cpu --minutes 5
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ def _eval(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import expand_configs, results_table, run_all, save_results
+    from .config import load_config
+
+    names = expand_configs(args.configs)
+    overrides = ([f"profile={args.profile}"] if args.profile else []) + \
+        ([f"max_minutes={args.minutes}"] if args.minutes is not None else []) + list(args.set)
+    profile = load_config(names[0], overrides).profile
+    out = Path(args.out or f"benchmarks/results/bench-{profile}.json")
+    rows = run_all(names, args.runs, overrides, reuse=not args.no_reuse, linear=not args.no_linear)
+    save_results(rows, out, command="python -m sslbook " + " ".join(args.argv), overrides=overrides)
+    print(results_table(rows))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sslbook", description="Contrastive self-supervised learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,18 +91,40 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="results file (default: eval.json beside the checkpoint)")
     p.set_defaults(run=_eval)
 
+    p = sub.add_parser("bench", help="train several methods under one budget and tabulate them",
+                       description="Train each config with the same profile, budget and overrides into "
+                       "RUNS/<name>-<profile> (a finished run there with the same settings is reused), add a "
+                       "linear probe, write a JSON results file and print a Markdown table.")
+    p.add_argument("--configs", required=True, help="comma-separated config names, e.g. "
+                   "cifar10/simclr,cifar10/moco_v2, or 'all' (every shipped CIFAR-10 config)")
+    p.add_argument("--profile", choices=("smoke", "cpu", "gpu"), default=None,
+                   help="run profile (default: $SSLBOOK_PROFILE, else gpu with CUDA, else cpu)")
+    p.add_argument("--minutes", type=float, default=None, help="training budget per method in minutes "
+                   "(default: the profile's; same as --set max_minutes=M)")
+    p.add_argument("--out", default=None, help="results file (default: benchmarks/results/bench-<profile>.json)")
+    p.add_argument("--runs", default="runs/bench", help="folder of the runs (default: runs/bench)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every method, e.g. --set optim.lr=0.1 seed=1")
+    p.add_argument("--no-linear", action="store_true", help="skip the linear probe (kNN only)")
+    p.add_argument("--no-reuse", action="store_true", help="retrain even when a finished run with the same "
+                   "settings is there")
+    p.set_defaults(run=_bench)
+
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     # A config file given without overrides may have been mistaken for an override, and vice versa.
     if getattr(args, "config", None) and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None
     from .config import ConfigError
     from .data import DatasetFormatError, DatasetNotFoundError
+    from .bench import BenchError
     from .trainer import CheckpointError, TrainingDiverged
 
     try:
         return args.run(args)
-    except (ConfigError, DatasetNotFoundError, DatasetFormatError, CheckpointError, TrainingDiverged) as e:
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, CheckpointError, TrainingDiverged,
+            BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

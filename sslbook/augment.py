@@ -340,6 +340,14 @@ def _solarize_all(images: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(images >= threshold, 1.0 - images, images)
 
 
+def gaussian_noise(images: torch.Tensor, sigma, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Add zero-mean Gaussian noise of standard deviation ``sigma`` (a float or ``[B]``) and clip
+    to [0, 1]: ``clip(x + sigma * N(0, 1))`` on float images in [0, 1]. One of the survey's colour
+    transformations (Jaiswal et al. 2020, Fig. 4); not in any recipe of the book."""
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype, device=images.device)
+    return (images + _per_sample(sigma, images) * noise).clamp_(0.0, 1.0)
+
+
 def solarize(images: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Invert (``x -> 1 - x``) the pixels ``>= threshold`` of the samples where ``mask`` is
     True (``v2.functional.solarize``; BYOL's solarisation)."""

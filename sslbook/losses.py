@@ -17,6 +17,8 @@ Contents, in the order the book meets them:
 * :func:`nce_loss`, :func:`estimate_log_normaliser` - InstDisc (Wu et al. 2018)
 * :func:`info_nce`, :func:`info_nce_logits`   - MoCo (He et al. 2020)
 * :func:`nt_xent`                             - SimCLR (Chen et al. 2020)
+* :func:`cmc_loss`                            - CMC (Tian et al. 2020)
+* :func:`multi_positive_nt_xent`              - temporal contrast (frames of one clip; Khosla et al. 2020's form)
 * :func:`cpc_info_nce`, :func:`mutual_information_bound` - CPC (van den Oord et al. 2018)
 * :func:`byol_loss`                           - BYOL (Grill et al. 2020)
 * :func:`negative_cosine`, :func:`simsiam_loss`, :func:`output_std` - SimSiam (Chen & He 2021)
@@ -40,6 +42,8 @@ __all__ = [
     "info_nce_logits",
     "info_nce",
     "nt_xent",
+    "cmc_loss",
+    "multi_positive_nt_xent",
     "cpc_info_nce",
     "mutual_information_bound",
     "byol_loss",
@@ -50,6 +54,7 @@ __all__ = [
     "swav_loss",
     "alignment",
     "uniformity",
+    "batch_hard_triplet_loss",
 ]
 
 
@@ -256,11 +261,89 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
+# CMC: InfoNCE between two views, in both directions
+# --------------------------------------------------------------------------------------
+
+
+def cmc_loss(z1: Tensor, z2: Tensor, temperature: float = 0.07) -> Tensor:
+    """Contrastive Multiview Coding's two-view loss, with the other images of the batch as negatives.
+
+    Paper: Tian, Krishnan & Isola (2020), "Contrastive Multiview Coding", ECCV, Eq. 2-3. With the
+    critic h(a, b) = exp(cos(a, b) / T), anchoring on view 1 and picking its partner among view 2's
+    embeddings,
+
+        L^{V1,V2} = -1/N sum_i log( h(z1_i, z2_i) / sum_j h(z1_i, z2_j) ),
+
+    and the paper's objective is the sum of both directions, L = L^{V1,V2} + L^{V2,V1}. The N - 1
+    negatives of an anchor are the *other view* of the other images only (SimCLR's NT-Xent,
+    :func:`nt_xent`, also uses the anchor's own view of the other images). The paper draws its
+    negatives from a memory bank and approximates the softmax with NCE; this is the in-batch form.
+
+    Args:
+        z1: ``[N, d]`` embeddings of view 1 (any scale; normalised here).
+        z2: ``[N, d]`` embeddings of view 2; row i is the partner of z1 row i.
+        temperature: T (0.07 in the paper).
+
+    Returns:
+        Scalar: the sum of the two directions' mean losses.
+    """
+    logits = cosine_similarity_matrix(z1, z2) / temperature  # [N, N]; the diagonal holds the positives
+    target = torch.arange(z1.shape[0], device=z1.device)
+    return F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+
+
+# --------------------------------------------------------------------------------------
+# Temporal contrast: NT-Xent with several positives per anchor
+# --------------------------------------------------------------------------------------
+
+
+def multi_positive_nt_xent(z: Tensor, groups: Tensor, temperature: float = 0.1) -> Tensor:
+    """NT-Xent where every embedding has *several* positives: all the others of its group.
+
+    Used for frame-based contrast (Jaiswal et al. 2020, Sec. 2.2.3): the frames of one video (here:
+    of one clip, or of two clips of the same video) are one group; the frames of the other videos
+    of the batch are the negatives. The form is the "L_out" loss of Khosla et al. (2020),
+    "Supervised Contrastive Learning", NeurIPS, Eq. 2, with groups in place of class labels.
+
+    With s(a, b) = cos(z_a, z_b), P(a) = {p != a : groups[p] = groups[a]} the anchor's positives
+    and the denominator over every other embedding of the batch (positives and negatives, never
+    the anchor itself),
+
+        l(a) = -1/|P(a)| sum_{p in P(a)} log( exp(s(a, p) / T) / sum_{b != a} exp(s(a, b) / T) )
+
+    and the loss is the mean of l(a) over all anchors. When every group has exactly two members
+    this is SimCLR's NT-Xent (:func:`nt_xent`) of the two members.
+
+    Args:
+        z: ``[N, d]`` embeddings (any scale; normalised here).
+        groups: ``[N]`` integer group ids (e.g. the video each frame came from); every group needs
+            at least two members.
+        temperature: T.
+
+    Returns:
+        Scalar loss (mean over the N anchors).
+    """
+    groups = torch.as_tensor(groups, device=z.device)
+    same = groups[:, None] == groups[None, :]
+    self_mask = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    positives = same & ~self_mask
+    counts = positives.sum(dim=1)
+    if bool((counts == 0).any()):
+        lonely = groups[counts == 0].unique().tolist()
+        raise ValueError(f"every group needs at least two members; groups {lonely} have only one")
+    logits = (cosine_similarity_matrix(z, z) / temperature).masked_fill(self_mask, float("-inf"))
+    log_prob = F.log_softmax(logits, dim=1)  # log( exp(s_ab/T) / sum_{b != a} exp(s_ab/T) )
+    # Mean of log_prob over each anchor's positives (masked_fill keeps -inf of the diagonal out).
+    positive_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1) / counts
+    return -positive_log_prob.mean()
+
+
+# --------------------------------------------------------------------------------------
 # CPC: InfoNCE for predicted embeddings, and the mutual-information bound
 # --------------------------------------------------------------------------------------
 
 
-def cpc_info_nce(predictions: Tensor, targets: Tensor) -> Tensor:
+def cpc_info_nce(predictions: Tensor, targets: Tensor, positives: Optional[Tensor] = None) -> Tensor:
     """CPC's InfoNCE for a set of predictions, each scored against every target.
 
     Paper: van den Oord, Li & Vinyals (2018), "Representation Learning with Contrastive
@@ -269,23 +352,36 @@ def cpc_info_nce(predictions: Tensor, targets: Tensor) -> Tensor:
     With f(x_j, c) = exp(z_j . W_k c), and the prediction W_k c given as a row of
     ``predictions``:
 
-        L = -mean_i log( exp(pred_i . target_i) / sum_{j=1..M} exp(pred_i . target_j) )
+        L = -mean_i log( exp(pred_i . target_pos(i)) / sum_{j=1..N} exp(pred_i . target_j) )
 
-    Row i's positive is its own target (same row); the other M - 1 targets are its
-    negatives. No normalisation and no temperature: CPC uses raw dot products (the
-    bilinear score). Used by the CPC chapter, where the M rows are the predicted and
-    actual embeddings of patches.
+    No normalisation and no temperature: CPC uses raw dot products (the bilinear score).
+
+    Two layouts:
+
+    * ``positives=None``: ``targets`` is aligned with ``predictions`` row by row (M = N): row i's
+      positive is target i, the other N - 1 targets are its negatives;
+    * ``positives`` given (``[M]`` long): ``targets`` is the whole candidate set ``[N, d]`` and row i's
+      positive is ``targets[positives[i]]``; every other candidate is a negative. This is CPC v2's
+      image loss (Hénaff et al. 2020, Appendix A.2 pseudocode): each prediction is scored against
+      the patch embeddings of *every* position of *every* image of the batch, including positions
+      that are never predicted.
 
     Args:
         predictions: ``[M, d]`` predicted embeddings W_k c_t.
-        targets: ``[M, d]`` true embeddings z_{t+k}, aligned row by row with predictions.
+        targets: ``[N, d]`` candidate (true) embeddings z; N = M when ``positives`` is None.
+        positives: optional ``[M]`` index of each prediction's true target among the N candidates.
 
     Returns:
-        Scalar loss (mean over the M predictions).
+        Scalar loss (mean over the M predictions). The softmax has N candidates, so
+        :func:`mutual_information_bound` takes ``num_negatives = N - 1``.
     """
-    logits = predictions @ targets.T  # [M, M]; the diagonal holds the positives
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(logits, labels)
+    logits = predictions @ targets.T  # [M, N]
+    if positives is None:
+        if predictions.shape[0] != targets.shape[0]:
+            raise ValueError(f"{predictions.shape[0]} predictions but {targets.shape[0]} targets: pass positives= "
+                             "to score predictions against a larger candidate set")
+        positives = torch.arange(logits.shape[0], device=logits.device)  # the diagonal holds the positives
+    return F.cross_entropy(logits, positives.to(logits.device))
 
 
 def mutual_information_bound(loss: Union[float, Tensor], num_negatives: int) -> float:
@@ -593,3 +689,45 @@ def uniformity(z: Tensor, t: float = 2) -> Tensor:
         Scalar.
     """
     return torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+# --------------------------------------------------------------------------------------
+# Exemplar / S4L: batch-hard triplet loss
+# --------------------------------------------------------------------------------------
+
+
+def batch_hard_triplet_loss(z: Tensor, identities: Tensor, margin: float = 0.0, soft: bool = True) -> Tensor:
+    """Batch-hard triplet loss over the copies of the images in a batch.
+
+    Paper: Hermans, Beyer & Leibe (2017), "In Defense of the Triplet Loss for Person
+    Re-Identification", arXiv:1703.07737 (the "batch hard" loss and its soft margin); the
+    self-supervised loss of S4L-Exemplar (Zhai, Oliver, Kolesnikov & Beyer 2019), where the identity
+    of a row is the image it is an augmented copy of. With Euclidean distances D:
+
+        for every anchor a:  d+ = max_{p: id(p) = id(a), p != a} D(a, p)    (hardest positive)
+                             d- = min_{n: id(n) != id(a)}          D(a, n)    (hardest negative)
+        L = mean_a  softplus(d+ - d- + margin)     (soft=True: log(1 + exp(.)), S4L's choice)
+                    max(0, d+ - d- + margin)       (soft=False: hinge)
+
+    The official S4L code L2-normalises the embeddings first and uses margin 0 with the soft
+    version; pass normalised ``z`` to follow it (they are not normalised here).
+
+    Args:
+        z: ``[N, d]`` embeddings.
+        identities: ``[N]`` integer identities; every identity needs >= 2 rows, and there
+            must be >= 2 identities.
+
+    Returns:
+        Scalar: the mean over the N anchors.
+    """
+    same = identities[:, None] == identities[None, :]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    if not (same & ~eye).any(1).all() or same.all():
+        raise ValueError("every identity needs at least two rows, and there must be two identities or more")
+    # sqrt has an infinite gradient at 0: clamp the squared distances (as the S4L code does).
+    sq = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)
+    dist = sq.clamp_min(1e-12).sqrt()
+    hardest_pos = dist.masked_fill(~(same & ~eye), float("-inf")).max(1).values
+    hardest_neg = dist.masked_fill(same, float("inf")).min(1).values
+    diff = hardest_pos - hardest_neg + margin
+    return (F.softplus(diff) if soft else F.relu(diff)).mean()

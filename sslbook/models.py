@@ -374,6 +374,27 @@ def build_encoder(name: str, **kwargs) -> nn.Module:
     return ENCODERS[name](**kwargs)
 
 
+def with_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
+    """Give a ResNet a first convolution that reads ``channels`` input channels instead of 3.
+
+    For encoders that see something other than RGB: the lightness channel alone (colorization,
+    Zhang et al. 2016) or the two colour channels (CMC's ab view, Tian et al. 2020, whose encoders
+    take 1 and 2 channels). The new ``conv1`` has the old one's kernel, stride and padding, the same
+    He initialisation, and is modified in place (the encoder is returned for convenience); the rest of
+    the network is unchanged.
+    """
+    old = getattr(encoder, "conv1", None)
+    if not isinstance(old, nn.Conv2d):
+        raise ValueError(f"with_input_channels needs a ResNet (an encoder with a conv1), got {type(encoder).__name__}")
+    if old.in_channels == channels:
+        return encoder
+    new = nn.Conv2d(channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                    padding=old.padding, bias=old.bias is not None).to(old.weight.device)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    encoder.conv1 = new
+    return encoder
+
+
 # ---------------------------------------------------------------------------------------------
 # Heads
 # ---------------------------------------------------------------------------------------------

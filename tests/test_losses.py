@@ -228,6 +228,54 @@ def test_cpc_info_nce_matches_loop(gen):
     assert L.cpc_info_nce(predictions, targets).item() == pytest.approx(total / 4, rel=1e-10)
 
 
+def test_cpc_info_nce_with_a_candidate_set_by_hand():
+    # Two predictions, three candidates; prediction 0's positive is candidate 0, prediction 1's is 2.
+    predictions = t64([[1.0, 0.0], [0.0, 1.0]])
+    candidates = t64([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # Row 0 scores [1, 0, 1] -> -log(e / (e + 1 + e)); row 1 scores [0, 1, 1] -> -log(e / (1 + e + e)).
+    expected = math.log(2 * math.e + 1) - 1
+    loss = L.cpc_info_nce(predictions, candidates, positives=torch.tensor([0, 2]))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    # With the aligned layout the same as passing positives = arange.
+    p, t = t64([[0.3, -1.0], [2.0, 0.5]]), t64([[1.0, 1.0], [-0.5, 0.2]])
+    assert L.cpc_info_nce(p, t).item() == pytest.approx(L.cpc_info_nce(p, t, torch.arange(2)).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="positives="):
+        L.cpc_info_nce(predictions, candidates)
+
+
+def test_multi_positive_nt_xent_by_hand():
+    # Two groups of two orthogonal directions, T = 1: every anchor has one positive at cos 1 and two
+    # negatives at cos 0, so l(a) = -log(e / (e + 1 + 1)).
+    z = t64([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    loss = L.multi_positive_nt_xent(z, torch.tensor([0, 0, 1, 1]), temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(math.e + 2) - 1, rel=1e-12)
+    # A group of three: z0 = z1 = e1, z2 = (0.6, 0.8); a group of two: z3 = z4 = e2; T = 0.5.
+    z = t64([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.0, 1.0]])
+    e = lambda c: math.exp(c / 0.5)  # noqa: E731
+    # anchor 0: others cos [1, 0.6, 0, 0]; positives 1 and 2
+    d0 = e(1) + e(0.6) + 2 * e(0)
+    l0 = -(math.log(e(1) / d0) + math.log(e(0.6) / d0)) / 2
+    l1 = l0  # anchor 1 is the same vector
+    # anchor 2: others cos [0.6, 0.6, 0.8, 0.8]; positives 0 and 1
+    d2 = 2 * e(0.6) + 2 * e(0.8)
+    l2 = -math.log(e(0.6) / d2)
+    # anchor 3: others cos [0, 0, 0.8, 1]; positive 4
+    d3 = 2 * e(0) + e(0.8) + e(1)
+    l3 = -math.log(e(1) / d3)
+    expected = (l0 + l1 + l2 + 2 * l3) / 5
+    loss = L.multi_positive_nt_xent(z, torch.tensor([7, 7, 7, 2, 2]), temperature=0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_multi_positive_nt_xent_with_pairs_is_nt_xent(gen):
+    z1, z2 = randn(gen, 6, 4), randn(gen, 6, 4)
+    groups = torch.arange(6).repeat(2)
+    assert L.multi_positive_nt_xent(torch.cat([z1, z2]), groups, 0.3).item() == \
+        pytest.approx(L.nt_xent(z1, z2, 0.3).item(), rel=1e-10)
+    with pytest.raises(ValueError, match="groups \\[5\\]"):
+        L.multi_positive_nt_xent(randn(gen, 5, 3), torch.tensor([0, 0, 1, 1, 5]))
+
+
 def test_mutual_information_bound():
     assert L.mutual_information_bound(1.0, 255) == pytest.approx(math.log(256) - 1.0)
     bound = L.mutual_information_bound(torch.tensor(0.5), 3)
@@ -534,3 +582,32 @@ def test_uniformity_collapsed_vs_spread():
     spread = torch.stack([angles.cos(), angles.sin()], dim=1)
     clump = torch.stack([(0.1 * angles).cos(), (0.1 * angles).sin()], dim=1)
     assert L.uniformity(spread) < L.uniformity(clump) < 0
+
+
+# ------------------------------------------------------------------------------------
+# Batch-hard triplet loss (Hermans et al. 2017; S4L-Exemplar)
+# ------------------------------------------------------------------------------------
+
+
+def test_batch_hard_triplet_loss_by_hand():
+    # Four points on a line, two identities: 0 -> {0, 1}, 1 -> {3, 7}.
+    z = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
+    ids = torch.tensor([0, 0, 1, 1])
+    # anchor: hardest positive distance, hardest (closest) negative distance
+    #   0: d+ = 1, d- = 3;  1: d+ = 1, d- = 2;  3: d+ = 4, d- = 2;  7: d+ = 4, d- = 6
+    pairs = [(1, 3), (1, 2), (4, 2), (4, 6)]
+    for margin in (0.0, 0.5):
+        soft = np.mean([math.log1p(math.exp(p - n + margin)) for p, n in pairs])
+        hard = np.mean([max(0.0, p - n + margin) for p, n in pairs])
+        assert L.batch_hard_triplet_loss(z, ids, margin).item() == pytest.approx(soft, rel=1e-10)
+        assert L.batch_hard_triplet_loss(z, ids, margin, soft=False).item() == pytest.approx(hard, rel=1e-10)
+
+
+def test_batch_hard_triplet_loss_gradient_and_checks():
+    z = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]], requires_grad=True)  # zero distances
+    L.batch_hard_triplet_loss(z, torch.tensor([0, 0, 1, 1])).backward()
+    assert torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="two rows"):
+        L.batch_hard_triplet_loss(torch.randn(3, 2), torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="two identities"):
+        L.batch_hard_triplet_loss(torch.randn(2, 2), torch.tensor([0, 0]))

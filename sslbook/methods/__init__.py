@@ -7,6 +7,12 @@ The survey's four architectures (Jaiswal et al. 2020, Fig. 11) and the negative-
 - momentum encoder: MoCo (v1 and v2)
 - clustering: SwAV
 - no negatives: SimSiam, BYOL
+
+and the pretext tasks of the survey's Sec. 2 (each predicts a label the data make for themselves):
+
+- context: RotNet (rotation), Jigsaw, RelativePatch
+- colour and views: Colorization, CMC (L and ab as two views)
+- time and prediction: TemporalContrast (frames of one clip), CPC (predicting patches below)
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ import inspect
 from ..config import ConfigError
 from .base import Method
 from .byol import BYOL
+from .cmc import CMC
+from .colorization import Colorization
+from .cpc import CPC
+from .jigsaw import Jigsaw
 from .memory_bank import PIRL, InstDisc
 from .moco import MoCo
+from .relative_patch import RelativePatch
+from .rotation import RotNet
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .swav import SwAV
+from .temporal import TemporalContrast
 
 METHODS = {
     "simclr": SimCLR,
@@ -30,6 +43,13 @@ METHODS = {
     "swav": SwAV,
     "simsiam": SimSiam,
     "byol": BYOL,
+    "rotation": RotNet,
+    "jigsaw": Jigsaw,
+    "relative_patch": RelativePatch,
+    "colorization": Colorization,
+    "cmc": CMC,
+    "temporal": TemporalContrast,
+    "cpc": CPC,
 }
 
 
