@@ -64,3 +64,21 @@ def tiny_run_config(tmp_path, *overrides, name="run"):
 def tiny_datasets():
     """(train, test): 64 and 32 random 16 px images in 4 classes."""
     return tiny_dataset(64, 16, seed=0), tiny_dataset(32, 16, seed=1)
+
+
+# --------------------------------------------------------------------------- method tests share these
+def tiny_encoder(width: int = 4):
+    """ResNet-18 with the CIFAR stem at a tiny width: fast enough for a training step in a test."""
+    from sslbook.models import resnet
+    return resnet(18, "cifar", width=width)
+
+
+def flat_params(module) -> torch.Tensor:
+    """All parameters of a module as one detached vector (to see whether a step changed them)."""
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def random_batch(b: int = 8, side: int = 32, seed: int = 0) -> torch.Tensor:
+    """A seeded float batch [b, 3, side, side] standing in for normalised views."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, side, side, generator=g)

@@ -7,27 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_datasets, tiny_run_config
+from conftest import flat_params as params, tiny_encoder as encoder, tiny_datasets, tiny_run_config
 from sslbook import color
 from sslbook.augment import CIFAR10_MEAN, CIFAR10_STD, gaussian_noise, normalize
 from sslbook.config import load_config
 from sslbook.losses import cmc_loss
 from sslbook.methods.cmc import CMC
 from sslbook.methods.colorization import Colorization, colorize
-from sslbook.models import resnet, with_input_channels
+from sslbook.models import with_input_channels
 from sslbook.trainer import build_model, method_from_checkpoint, train
 
 torch.set_num_threads(1)  # tiny tensors: a second thread only adds contention on a shared CPU
 
 ONE_VIEW = "augment=[{size: 16, scale: [0.5, 1.0], jitter_p: 0.0, gray_p: 0.0}]"
-
-
-def encoder(width=4):
-    return resnet(18, "cifar", width=width)
-
-
-def params(method):
-    return torch.cat([p.detach().flatten() for p in method.parameters()])
 
 
 def rgb_batch(b=4, side=16, seed=0):

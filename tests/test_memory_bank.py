@@ -7,26 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_datasets, tiny_run_config
+from conftest import flat_params as params, tiny_encoder as encoder, tiny_datasets, tiny_run_config
 from sslbook import losses
 from sslbook.config import load_config
 from sslbook.methods import memory_bank
 from sslbook.methods.memory_bank import PIRL, InstDisc, MemoryBank, bank_staleness, staleness_by_age
-from sslbook.models import build_encoder, resnet
+from sslbook.models import build_encoder
 from sslbook.pretext import default_tile, jigsaw_tiles
 from sslbook.trainer import build_augment, read_checkpoint, train
 
 torch.set_num_threads(1)  # tiny tensors: a second thread only adds contention on a shared CPU
 
 TWO_VIEWS = "augment=[{size: 16, scale: [0.2, 1.0]}, {size: 16, scale: [0.6, 1.0]}]"
-
-
-def encoder(width=4):
-    return resnet(18, "cifar", width=width)
-
-
-def params(method):
-    return torch.cat([p.detach().flatten() for p in method.parameters()])
 
 
 def batch(b=8, side=16, seed=0):

@@ -5,31 +5,18 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_datasets, tiny_run_config
+from conftest import (flat_params as params, tiny_encoder as encoder, random_batch as batch,
+                      tiny_datasets, tiny_run_config)
 from sslbook.config import load_config
 from sslbook.methods.jigsaw import Jigsaw
 from sslbook.methods.relative_patch import RelativePatch
 from sslbook.methods.rotation import RotNet
-from sslbook.models import resnet
 from sslbook.pretext import (CENTRE, NEIGHBOUR_CELLS, NEIGHBOURS, hamming_distances, hamming_permutation_set,
                              jigsaw_puzzle, jigsaw_tiles, patch_grid, relative_patch_pairs, rotate_batch,
                              standardize_tiles)
 from sslbook.trainer import build_augment, build_model, train
 
 torch.set_num_threads(1)  # tiny tensors: a second thread only adds contention on a shared CPU
-
-
-def encoder(width=4):
-    return resnet(18, "cifar", width=width)
-
-
-def params(method):
-    return torch.cat([p.detach().flatten() for p in method.parameters()])
-
-
-def batch(b=8, side=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, side, side, generator=g)
 
 
 def min_offdiagonal(d):

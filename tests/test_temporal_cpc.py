@@ -4,33 +4,19 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import tiny_datasets, tiny_run_config
+from conftest import (flat_params as params, tiny_encoder as encoder, random_batch as batch,
+                      tiny_datasets, tiny_run_config)
 from sslbook.augment import resized_crop
 from sslbook.config import load_config
 from sslbook.data import DatasetFormatError, DatasetNotFoundError
 from sslbook.losses import mutual_information_bound
 from sslbook.methods.cpc import CPC, CausalContext, overlapping_patches
 from sslbook.methods.temporal import TemporalContrast, frame_matching
-from sslbook.models import resnet
 from sslbook.trainer import build_augment, build_model, train
 from sslbook.video import ClipFolder, camera_clips, camera_paths, train_on_clips
 
 torch.set_num_threads(1)  # tiny tensors: a second thread only adds contention on a shared CPU
-
-
-def encoder(width=4):
-    return resnet(18, "cifar", width=width)
-
-
-def params(method):
-    return torch.cat([p.detach().flatten() for p in method.parameters()])
-
-
-def batch(b=8, side=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, side, side, generator=g)
 
 
 def coordinate_image(b, side):
