@@ -259,6 +259,20 @@ def _top1(pred: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (pred == labels.cpu()).float().mean().item()
 
 
+def fit_epochs_to_budget(total_epochs: int, epoch: int, minutes: float,
+                         max_minutes: Optional[float]) -> tuple[int, bool]:
+    """After ``epoch`` epochs and ``minutes`` of training: (epochs to plan for, whether time is up).
+
+    After the first epoch the plan shrinks to what fits in ``max_minutes`` (at least that one
+    epoch), so a cosine schedule still ends at its minimum; ``None`` means no budget.
+    """
+    if max_minutes is None:
+        return total_epochs, False
+    if epoch == 1 and total_epochs > 1:
+        total_epochs = max(1, min(total_epochs, int(max_minutes / max(minutes, 1e-9))))
+    return total_epochs, minutes >= max_minutes
+
+
 def fine_tune(encoder: nn.Module, train: ImageTensorDataset, test: ImageTensorDataset, epochs: int = 30,
               lr: float = 0.05, batch_size: int = 256, weight_decay: float = 5e-4, augment: bool = True,
               device=None, seed: int = 0, max_minutes: Optional[float] = None, copy: bool = True,
@@ -346,10 +360,8 @@ def fine_tune(encoder: nn.Module, train: ImageTensorDataset, test: ImageTensorDa
             if eval_every and epoch % eval_every == 0:
                 record["test_top1"] = evaluate(test)
             history.append(record)
-            if max_minutes is not None and epoch == 1 and total_epochs > 1:
-                # Re-plan the cosine schedule to what fits in the budget (at least this one epoch).
-                total_epochs = max(1, min(total_epochs, int(max_minutes / max(minutes, 1e-9))))
-            if max_minutes is not None and minutes >= max_minutes:
+            total_epochs, out_of_time = fit_epochs_to_budget(total_epochs, epoch, minutes, max_minutes)
+            if out_of_time:
                 break
 
     model.eval()

@@ -48,7 +48,7 @@ from torch import nn
 
 from .augment import Augment, ViewSpec
 from .data import ImageTensorDataset
-from .eval import _feature_dim, _num_classes, _private_rng, _top1, predict
+from .eval import _feature_dim, _num_classes, _private_rng, _top1, fit_epochs_to_budget, predict
 from .losses import batch_hard_triplet_loss
 from .pretext import NUM_ROTATIONS, rotate_batch
 
@@ -220,9 +220,8 @@ def s4l_train(encoder: nn.Module, labelled: ImageTensorDataset, unlabelled: Imag
             if eval_every and epoch % eval_every == 0:
                 record["test_top1"] = evaluate(test)
             history.append(record)
-            if max_minutes is not None and epoch == 1 and total_epochs > 1:
-                total_epochs = max(1, min(total_epochs, int(max_minutes / max(minutes, 1e-9))))
-            if max_minutes is not None and minutes >= max_minutes:
+            total_epochs, out_of_time = fit_epochs_to_budget(total_epochs, epoch, minutes, max_minutes)
+            if out_of_time:
                 break
 
     model.eval()

@@ -82,3 +82,14 @@ def random_batch(b: int = 8, side: int = 32, seed: int = 0) -> torch.Tensor:
     """A seeded float batch [b, 3, side, side] standing in for normalised views."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 3, side, side, generator=g)
+
+
+def seeded_sgd_step(make_method, views, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Build a method under ``seed``, take one SGD step on ``views``: (parameters before, after)."""
+    torch.manual_seed(seed)
+    method = make_method()
+    start = flat_params(method).clone()
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    method(views, torch.arange(len(views[0])))["loss"].backward()
+    optimizer.step()
+    return start, flat_params(method)

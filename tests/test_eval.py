@@ -300,3 +300,12 @@ def test_extract_features_of_a_bound_method_evaluates_its_module_in_eval_mode():
     feats = extract_features(enc.forward, images, batch_size=4)
     assert feats.shape == (6, 3) and enc.seen_training == [False, False]
     assert enc.training and enc.bn.training  # modes put back
+
+
+def test_fit_epochs_to_budget_replans_after_the_first_epoch_only():
+    from sslbook.eval import fit_epochs_to_budget
+    assert fit_epochs_to_budget(30, 1, 0.5, None) == (30, False)  # no budget: nothing changes
+    assert fit_epochs_to_budget(30, 1, 0.5, 2.0) == (4, False)  # 2 min at 0.5 min/epoch
+    assert fit_epochs_to_budget(30, 1, 3.0, 2.0) == (1, True)  # the first epoch overran: stop after it
+    assert fit_epochs_to_budget(4, 2, 1.0, 2.0) == (4, False)  # later epochs keep the plan
+    assert fit_epochs_to_budget(4, 4, 2.1, 2.0) == (4, True)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from conftest import (flat_params as params, tiny_encoder as encoder, random_batch as batch,
-                      tiny_datasets, tiny_run_config)
+from conftest import (tiny_encoder as encoder, random_batch as batch,
+                      seeded_sgd_step, tiny_datasets, tiny_run_config)
 from sslbook.config import load_config
 from sslbook.methods.jigsaw import Jigsaw
 from sslbook.methods.relative_patch import RelativePatch
@@ -236,19 +236,9 @@ def test_forward_returns_loss_accuracy_and_features(cls):
 
 @pytest.mark.parametrize("cls", [RotNet, Jigsaw, RelativePatch])
 def test_one_step_changes_parameters_and_is_seeded(cls):
-    def step():
-        torch.manual_seed(0)
-        method = make(cls)
-        start = params(method).clone()
-        optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
-        out = method([batch(8, side=16)], torch.arange(8))
-        out["loss"].backward()
-        optimizer.step()
-        return start, params(method)
-
-    start, after = step()
+    start, after = seeded_sgd_step(lambda: make(cls), [batch(8, side=16)])
     assert not torch.equal(start, after)
-    _, again = step()
+    _, again = seeded_sgd_step(lambda: make(cls), [batch(8, side=16)])
     assert torch.equal(after, again)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import (flat_params as params, tiny_encoder as encoder, random_batch as batch,
-                      tiny_datasets, tiny_run_config)
+                      seeded_sgd_step, tiny_datasets, tiny_run_config)
 from sslbook.augment import resized_crop
 from sslbook.config import load_config
 from sslbook.data import DatasetFormatError, DatasetNotFoundError
@@ -313,19 +313,10 @@ def make(cls):
 
 @pytest.mark.parametrize("cls", [TemporalContrast, CPC])
 def test_one_step_changes_parameters_and_is_seeded(cls):
-    def step():
-        torch.manual_seed(0)
-        method = make(cls)
-        start = params(method).clone()
-        optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
-        out = method([batch(8, side=16), batch(8, side=16, seed=1)], torch.arange(8))
-        out["loss"].backward()
-        optimizer.step()
-        return start, params(method)
-
-    start, after = step()
+    views = [batch(8, side=16), batch(8, side=16, seed=1)]
+    start, after = seeded_sgd_step(lambda: make(cls), views)
     assert not torch.equal(start, after)
-    assert torch.equal(after, step()[1])
+    assert torch.equal(after, seeded_sgd_step(lambda: make(cls), views)[1])
 
 
 TWO_VIEWS = "augment=[{size: 16, scale: [1.0, 1.0], ratio: [1.0, 1.0]}, {size: 16, scale: [1.0, 1.0], ratio: [1.0, 1.0]}]"
