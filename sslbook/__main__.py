@@ -55,17 +55,29 @@ def _eval(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import expand_configs, results_table, run_all, save_results
-    from .config import load_config
+    from .bench import expand_configs, pixel_baseline, results_table, run_all, save_results
+    from .config import ConfigError, load_config
+    from .trainer import load_datasets
 
     names = expand_configs(args.configs)
     overrides = ([f"profile={args.profile}"] if args.profile else []) + \
         ([f"max_minutes={args.minutes}"] if args.minutes is not None else []) + list(args.set)
     profile = load_config(names[0], overrides).profile
     out = Path(args.out or f"benchmarks/results/bench-{profile}.json")
-    rows = run_all(names, args.runs, overrides, reuse=not args.no_reuse, linear=not args.no_linear)
-    save_results(rows, out, command="python -m sslbook " + " ".join(args.argv), overrides=overrides)
-    print(results_table(rows))
+    overrides_for: dict = {}
+    for name, *values in args.set_for:
+        bad = [v for v in values if "=" not in v]
+        if not values or bad:
+            raise ConfigError(f"--set-for {name} needs KEY=VALUE overrides after the config name, got "
+                              f"{' '.join(values) or 'none'}")
+        overrides_for.setdefault(name, []).extend(values)
+    rows = run_all(names, args.runs, overrides, overrides_for=overrides_for, reuse=not args.no_reuse,
+                   linear=not args.no_linear)
+    # The raw-pixel baseline on the same images (the first config's data), stored with the rows.
+    pixels = pixel_baseline(datasets=load_datasets(load_config(names[0], overrides)), linear=not args.no_linear)
+    save_results(rows, out, command="python -m sslbook " + " ".join(args.argv), overrides=overrides,
+                 overrides_for=overrides_for, pixels=pixels)
+    print(results_table(rows, baseline={**pixels, "config": "raw pixels"}))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -105,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/bench", help="folder of the runs (default: runs/bench)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every method, e.g. --set optim.lr=0.1 seed=1")
+    p.add_argument("--set-for", nargs="+", action="append", default=[], metavar=("CONFIG", "KEY=VALUE"),
+                   help="overrides for one config only, after the common ones, e.g. --set-for swav "
+                   "method_args.queue_start_epoch=0 (repeatable)")
     p.add_argument("--no-linear", action="store_true", help="skip the linear probe (kNN only)")
     p.add_argument("--no-reuse", action="store_true", help="retrain even when a finished run with the same "
                    "settings is there")

@@ -231,6 +231,8 @@ def _row(name: str, cfg: Config, results: dict, reused: bool, out_dir: Path) -> 
         row["pretext_accuracy"] = pretext
     if "loadavg_1min" in results:
         row["loadavg_1min"] = results["loadavg_1min"]
+    # The kNN-monitor curve travels with the row, so a results file draws it without the run folder.
+    row["history"] = [list(p) for p in _history({"out_dir": str(out_dir)}, "knn200_top1")]
     row.update(reused=reused, out_dir=str(out_dir))
     return row
 
@@ -318,24 +320,35 @@ def _device():
     return default_device()
 
 
-def run_all(configs: list[str], out_root, overrides: Sequence[str] = (), **kw) -> list[dict]:
+def run_all(configs: list[str], out_root, overrides: Sequence[str] = (),
+            overrides_for: Optional[dict] = None, **kw) -> list[dict]:
     """:func:`run` for each config into ``out_root/<name>-<profile>`` (``name`` = the config's basename,
     e.g. ``moco_v2``): the folder a chapter trains ``cifar10/moco_v2`` into, so its run is reused when
-    the settings match. Every config and override is checked before anything trains; the datasets
-    are loaded once for all configs that read the same data. Keyword arguments go to :func:`run`.
+    the settings match. ``overrides`` apply to every config; ``overrides_for`` maps a config name
+    (``swav`` or ``cifar10/swav``) to overrides of that config only, applied after the common ones
+    (e.g. SwAV's short-run settings). Every config and override is checked before anything trains; the
+    datasets are loaded once for all configs that read the same data. Keyword arguments go to :func:`run`.
     """
     names = expand_configs(configs)
+    extra = {}
+    for key, values in (overrides_for or {}).items():
+        (full,) = expand_configs(key)
+        if full not in names:
+            raise ConfigError(f"overrides given for {key!r}, which is not among the configs being run "
+                              f"({', '.join(names)})")
+        extra[full] = [*extra.get(full, []), *values]
     plans, seen = [], {}
     for name in names:
-        cfg = load_config(name, list(overrides))
+        own = [*overrides, *extra.get(name, [])]
+        cfg = load_config(name, own)
         out_dir = Path(out_root) / f"{Path(name).stem}-{cfg.profile}"
         if out_dir in seen:
             raise ConfigError(f"{seen[out_dir]} and {name} would both train into {out_dir}; bench them "
                               "with different --runs folders")
         seen[out_dir] = name
-        plans.append((name, out_dir))
+        plans.append((name, out_dir, own))
     cache: dict = {}
-    return [run(name, out_dir, overrides, _data_cache=cache, **kw) for name, out_dir in plans]
+    return [run(name, out_dir, own, _data_cache=cache, **kw) for name, out_dir, own in plans]
 
 
 def load_method(row: dict | str | Path, device=None):
@@ -498,6 +511,8 @@ def _history(row: dict, metric: str) -> list[tuple[float, int, float]]:
             step = e.get("step", e.get("steps")) if isinstance(e, dict) else None  # the final record has "steps"
             if step is not None and e.get(metric) is not None and "train_minutes" in e:
                 points.append((e["train_minutes"], step, e[metric]))
+    if not points and metric == "knn200_top1" and row.get("history"):  # a results file without its runs
+        points = [tuple(p) for p in row["history"]]
     if row.get(metric) is not None and row.get("steps") is not None and not (
             points and points[-1][1] == row["steps"] and points[-1][2] == row[metric]):
         points.append((row.get("train_minutes") or 0.0, row["steps"], row[metric]))

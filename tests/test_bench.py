@@ -216,5 +216,44 @@ def test_cli_bench_trains_writes_and_reuses(tmp_path, capsys):
     assert f"{rows[0]['knn200_top1']:.2f}" in out and "| config |" in out
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["command"].startswith("python -m sslbook bench --configs cifar10/simclr")
+    pixels = data["pixels"]  # the raw-pixel baseline on the same (fixture) images, also in the table
+    assert 0 <= pixels["knn200_top1"] <= 100 and pixels["linear_top1"] is not None
+    assert f"*{pixels['knn200_top1']:.2f}*" in out
     assert main(argv + ["--no-linear"]) == 0  # same settings: reused
     assert bench.load_results(tmp_path / "bench.json")[0]["reused"]
+
+
+def test_overrides_for_one_config_only(tmp_path):
+    rows = bench.run_all(["cifar10/simclr", "cifar10/simsiam"], tmp_path / "runs", [*TINY, "max_steps=2"],
+                         overrides_for={"simclr": ["method_args.temperature=0.2"]}, datasets=tiny_datasets(),
+                         linear=False)
+    simclr, simsiam = (load_config(os.path.join(r["out_dir"], "config.yaml")) for r in rows)
+    assert simclr.method_args["temperature"] == 0.2 and "temperature" not in simsiam.method_args
+    # The same per-config override again: reused; without it: retrained.
+    again = bench.run_all(["cifar10/simclr"], tmp_path / "runs", [*TINY, "max_steps=2"],
+                          overrides_for={"cifar10/simclr": ["method_args.temperature=0.2"]},
+                          datasets=tiny_datasets(), linear=False)
+    assert again[0]["reused"]
+    with pytest.raises(ConfigError, match="overrides given for 'byol', which is not among the configs"):
+        bench.run_all(["cifar10/simclr"], tmp_path / "runs", TINY, overrides_for={"byol": ["seed=1"]})
+
+
+def test_cli_set_for_needs_key_value_pairs(capsys):
+    assert main(["bench", "--configs", "cifar10/simclr", "--profile", "smoke", "--set-for", "simclr", "seed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --set-for simclr needs KEY=VALUE overrides after the config name, got seed"
+
+
+def test_a_results_file_draws_its_curves_without_the_run_folders(tmp_path):
+    import shutil
+
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = bench.run_all(["cifar10/simclr"], tmp_path / "runs", TINY, datasets=tiny_datasets(), linear=False)
+    path = bench.save_results(rows, tmp_path / "bench.json")
+    history = rows[0]["history"]
+    assert len(history) == 2 and history[-1][1] == rows[0]["steps"] and history[-1][2] == rows[0]["knn200_top1"]
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone has the results file, not the runs
+    fig = bench.accuracy_vs_time(bench.load_results(path))
+    (line,) = [l for l in fig.axes[0].get_lines() if l.get_label() == "simclr"]
+    assert list(line.get_ydata()) == [h[2] for h in history]
