@@ -47,5 +47,19 @@ test: data book
 execute: data
 	SSLBOOK_PROFILE=cpu $(PY) scripts/execute_notebooks.py chapters
 
+# The performance suite (benchmarks/): installs the benchmark extra (lightly, kornia) without letting it
+# change the installed torch/torchvision, runs every benchmark (~35 min on 2 CPU cores: augmentation,
+# training-step variants, sslbook vs lightly with BENCH_MINUTES per arm, SimCLR for 10 minutes) and
+# regenerates benchmarks/README.md from the results files.
+BENCH_MINUTES ?= 2
+bench: data
+	$(PY) -m pip freeze | grep -iE '^(torch|torchvision)==' > $(VENV)/bench-constraints.txt
+	$(PY) -m pip install --quiet -r requirements-bench.txt -c $(VENV)/bench-constraints.txt
+	$(PY) benchmarks/augment_throughput.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/vs_lightly.py --minutes $(BENCH_MINUTES)
+	$(PY) benchmarks/simclr_cpu.py --minutes 10
+	$(PY) benchmarks/report.py
+
 clean:
 	rm -rf _build

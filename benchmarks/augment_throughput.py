@@ -12,9 +12,12 @@ What is measured, on CIFAR-like uint8 data (real CIFAR-10 if $SSLBOOK_DATA holds
 2. ``torchvision (PIL)``: the classic pipeline, RandomResizedCrop(32), flip,
    RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8), RandomGrayscale(0.2), ToTensor,
    Normalize, applied twice per PIL image, through a DataLoader with 2 workers, batch 512.
-3. ``kornia``: the equivalent ``AugmentationSequential`` on the same batches, if kornia
+3. ``lightly``: lightly's ``SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0)``
+   (a torchvision PIL pipeline with the same parameters) in the same 2-worker DataLoader, if
+   lightly imports (``pip install -e .[bench]``).
+4. ``kornia``: the equivalent ``AugmentationSequential`` on the same batches, if kornia
    imports.
-4. ``sslbook`` again in a child process whose glibc malloc keeps freed memory
+5. ``sslbook`` again in a child process whose glibc malloc keeps freed memory
    (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``): by default glibc hands big
    freed blocks back to the OS and every new temporary tensor page-faults its memory in
    again, which on a small VM costs as much as the arithmetic. Skip with ``--no-malloc-row``.
@@ -139,9 +142,10 @@ class _PILTwoViews(torch.utils.data.Dataset):
         return self.t(img), self.t(img)
 
 
-def bench_torchvision(data: torch.Tensor, batches: int, warmup: int, repeats: int, workers: int) -> list[dict]:
+def bench_torchvision(data: torch.Tensor, batches: int, warmup: int, repeats: int, workers: int,
+                      dataset=None) -> list[dict]:
     loader = torch.utils.data.DataLoader(
-        _PILTwoViews(data), batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
+        dataset if dataset is not None else _PILTwoViews(data), batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
         persistent_workers=workers > 0,
     )
     it = iter(loader)
@@ -159,6 +163,31 @@ def bench_torchvision(data: torch.Tensor, batches: int, warmup: int, repeats: in
         return v1.shape[0]
 
     return time_windows(step, batches, warmup, repeats, cpu_seconds)
+
+
+class _LightlyTwoViews(_PILTwoViews):
+    """lightly's SimCLRTransform set to the CIFAR recipe (input 32, colour strength 0.5, no blur): the
+    data path of a lightly training loop (it is a torchvision PIL pipeline underneath)."""
+
+    def __init__(self, data: torch.Tensor):
+        from lightly.transforms import SimCLRTransform
+
+        self.data = data.permute(0, 2, 3, 1).numpy()
+        self.t = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0, min_scale=0.08,
+                                 normalize={"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)})
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return tuple(self.t(Image.fromarray(self.data[i])))
+
+
+def bench_lightly(data: torch.Tensor, batches: int, warmup: int, repeats: int, workers: int) -> list[dict] | None:
+    try:
+        dataset = _LightlyTwoViews(data)
+    except Exception:  # lightly not installed (it is a benchmark extra)
+        return None
+    return bench_torchvision(data, batches, warmup, repeats, workers, dataset=dataset)
 
 
 def bench_kornia(data: torch.Tensor, batches: int, warmup: int, repeats: int) -> list[dict] | None:
@@ -195,7 +224,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 batches, 1 window")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for the torchvision pipeline")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for sslbook/kornia")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["sslbook", "torchvision", "kornia"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["sslbook", "torchvision", "lightly", "kornia"])
     ap.add_argument("--no-malloc-row", action="store_true", help="skip the tuned-malloc sslbook run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "augment_throughput.json"))
     args = ap.parse_args(argv)
@@ -213,6 +242,10 @@ def main(argv=None):
     if "torchvision" not in args.skip:
         label = f"torchvision PIL + DataLoader ({args.workers} workers)"
         results[label] = bench_torchvision(data, args.batches, warmup, args.repeats, args.workers)
+    if "lightly" not in args.skip:
+        k = bench_lightly(data, args.batches, warmup, args.repeats, args.workers)
+        if k is not None:
+            results[f"lightly SimCLRTransform + DataLoader ({args.workers} workers)"] = k
     if "kornia" not in args.skip:
         k = bench_kornia(data, args.batches, warmup, args.repeats)
         if k is not None:
@@ -249,6 +282,8 @@ def main(argv=None):
         torch=torch.__version__,
         torchvision=__import__("torchvision").__version__,
         kornia=_version("kornia"),
+        lightly=_version("lightly"),
+        environment=_environment(),
         python=platform.python_version(),
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
@@ -288,7 +323,7 @@ def _run_tuned_malloc(args) -> list[dict] | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tuned.json"
-        cmd = [sys.executable, __file__, "--skip", "torchvision", "kornia", "--no-malloc-row",
+        cmd = [sys.executable, __file__, "--skip", "torchvision", "lightly", "kornia", "--no-malloc-row",
                "--batches", str(args.batches), "--repeats", str(args.repeats), "--out", str(out)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
@@ -298,6 +333,15 @@ def _run_tuned_malloc(args) -> list[dict] | None:
             return None
         w = json.loads(out.read_text())["results"][0]["windows"]
         return [dict(rate=x["images_per_s"], cpu_ms_per_1k=x["cpu_ms_per_1k"]) for x in w]
+
+
+def _environment():
+    try:
+        from sslbook.bench import environment
+
+        return environment()
+    except Exception:
+        return None
 
 
 def _version(mod):

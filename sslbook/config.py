@@ -44,6 +44,7 @@ class ModelConfig:
     encoder: str = "resnet18"  # resnet18 | resnet34 | resnet50 | vit_tiny
     width: int = 64  # ResNet first-stage channels (64 = standard)
     stem: str = "cifar"  # cifar (3x3, stride 1, no max-pool) | imagenet (7x7, stride 2, max-pool)
+    stem_kernel: Optional[int] = None  # ResNet first-conv kernel (odd); None = the stem's own (3 or 7)
 
 
 @dataclass
@@ -210,8 +211,10 @@ SHIPPED = Path(__file__).resolve().parent / "configs"
 
 
 def shipped_configs() -> list[str]:
-    """Names of the configs that ship with the package, e.g. "cifar10/simclr"."""
-    return sorted(str(p.relative_to(SHIPPED).with_suffix("")) for p in SHIPPED.rglob("*.yaml"))
+    """Names of the pre-training configs that ship with the package, e.g. "cifar10/simclr"
+    (``detection/`` holds detection configs, read by :func:`sslbook.voc.load_detection_config`)."""
+    return sorted(str(p.relative_to(SHIPPED).with_suffix("")) for p in SHIPPED.rglob("*.yaml")
+                  if p.relative_to(SHIPPED).parts[0] != "detection")
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -285,6 +288,10 @@ def validate(cfg: Config) -> None:
         value = getattr(obj, path[-1])
         if value not in choices:
             raise ConfigError(f"config key {'.'.join(path)!r} must be one of {', '.join(choices)}, got {value!r}")
+    kernel = cfg.model.stem_kernel
+    if kernel is not None and (kernel < 1 or kernel % 2 == 0 or not cfg.model.encoder.startswith("resnet")):
+        raise ConfigError(f"config key 'model.stem_kernel' must be a positive odd number (a ResNet's first-conv "
+                          f"kernel, e.g. 7) or null, got {kernel!r} for encoder {cfg.model.encoder}")
     for key in ("batch_size", "epochs", "log_every"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {getattr(cfg, key)}")

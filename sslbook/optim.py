@@ -115,3 +115,34 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule:
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     floor = min_lr * peak
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def layer_trust_ratios(model: nn.Module, loss: torch.Tensor, weight_decay: float = 1e-6,
+                       eta: float = 0.001) -> list[dict]:
+    """LARS's view of a model: per weight tensor, ||w||, ||g + wd w|| and the trust ratio.
+
+    Back-propagates ``loss`` once (the gradients are cleared again afterwards, so nothing is left
+    for an optimiser to apply) and returns one row per parameter that LARS adapts (matrices and
+    convolution kernels; biases and norm parameters are excluded, as in :func:`parameter_groups`):
+    ``{"name", "weight_norm", "grad_norm", "ratio", "update_ratio"}``, where ``ratio`` is
+    :func:`trust_ratio` (eta ||w|| / ||g + wd w||, You et al. 2017, Eq. 6 with the weight decay) and
+    ``update_ratio`` = ||g + wd w|| / ||w||, the relative size of a plain SGD step at learning rate 1.
+    The spread of ``update_ratio`` across layers is why one global learning rate fits large-batch
+    training badly, and what LARS's per-layer ratio undoes.
+    """
+    for p in model.parameters():
+        p.grad = None
+    loss.backward()
+    rows = []
+    try:
+        for name, p in model.named_parameters():
+            if p.grad is None or p.ndim <= 1:
+                continue
+            g = p.grad + weight_decay * p.detach()
+            rows.append({"name": name, "weight_norm": float(p.detach().norm()), "grad_norm": float(g.norm()),
+                         "ratio": trust_ratio(p.detach(), p.grad, weight_decay, eta),
+                         "update_ratio": float(g.norm() / p.detach().norm().clamp(min=1e-12))})
+    finally:
+        for p in model.parameters():
+            p.grad = None
+    return rows

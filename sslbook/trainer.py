@@ -209,6 +209,8 @@ def build_model(cfg: Config, num_data: Optional[int] = None, mean=None, std=None
     """
     m = cfg.model
     kwargs = {"width": m.width, "stem": m.stem} if m.encoder.startswith("resnet") else {}
+    if m.stem_kernel is not None:  # a larger first-layer kernel (e.g. 7 on CIFAR, to look at its filters)
+        kwargs["stem_kernel"] = m.stem_kernel
     method_args = dict(cfg.method_args)
     cls = METHODS.get(cfg.method)
     takes = inspect.signature(cls.__init__).parameters if cls is not None else {}

@@ -65,3 +65,58 @@ def transfer_eval(encoder: Callable, train: ImageTensorDataset, test: ImageTenso
     linear = linear_probe(train_x, train.labels, test_x, test.labels, epochs=linear_epochs, seed=seed,
                           num_classes=num_classes)["test_top1"]
     return {"knn_top1": knn, "linear_top1": linear}
+
+
+# --------------------------------------------------------------------------- data sets that need a download
+TRANSFER_SETS = ("digits", "cifar100", "stl10")
+
+
+def resize_images(dataset: ImageTensorDataset, size: int) -> ImageTensorDataset:
+    """``dataset`` with its images resized to ``size`` x ``size`` (bilinear, antialiased; uint8 kept).
+
+    STL-10's 96 px images become 32 px ones for a CIFAR encoder, like for like with its pre-training
+    resolution. Labels, classes, name and normalisation statistics are kept; an image already
+    ``size`` px is returned unchanged (the same object).
+    """
+    if dataset.images.shape[-1] == size and dataset.images.shape[-2] == size:
+        return dataset
+    x = F.interpolate(dataset.images.float(), size=(size, size), mode="bilinear", antialias=True,
+                      align_corners=False)
+    return ImageTensorDataset(x.round().clamp(0, 255).to(torch.uint8), dataset.labels, dataset.classes,
+                              dataset.name, dataset.mean, dataset.std)
+
+
+def transfer_datasets(name: str, size: int = 32, root=None, download: bool = False):
+    """``(train, test)`` of a transfer data set, resized to ``size`` px: ``"digits"`` (ships with
+    scikit-learn, :func:`transfer_digits`), ``"cifar100"`` (Krizhevsky 2009; 100 classes, 32 px) or
+    ``"stl10"`` (Coates et al. 2011; its labelled 5,000 train / 8,000 test images, 96 px resized).
+
+    CIFAR-100 and STL-10 are read from ``root`` (default ``$SSLBOOK_DATA``) and downloaded only with
+    ``download=True``; otherwise a missing set raises :class:`sslbook.data.DatasetNotFoundError`
+    saying where it was looked for (check first with :func:`transfer_available`).
+    """
+    from .data import load_cifar, load_stl10
+
+    if name not in TRANSFER_SETS:
+        raise ValueError(f"unknown transfer data set {name!r}: use one of {', '.join(TRANSFER_SETS)}")
+    if name == "digits":
+        return transfer_digits(size)
+    if name == "cifar100":
+        train, test = load_cifar("cifar100", "train", root, download), load_cifar("cifar100", "test", root, download)
+    else:
+        train, test = load_stl10("train", root, download), load_stl10("test", root, download)
+    return resize_images(train, size), resize_images(test, size)
+
+
+def transfer_available(name: str, root=None) -> bool:
+    """Whether :func:`transfer_datasets` can load ``name`` without a download (the files are on disk)."""
+    from .data import data_root
+
+    if name not in TRANSFER_SETS:
+        raise ValueError(f"unknown transfer data set {name!r}: use one of {', '.join(TRANSFER_SETS)}")
+    folder = {"digits": None, "cifar100": "cifar-100-python", "stl10": "stl10_binary"}[name]
+    if folder is None:
+        return True
+    path = data_root(root) / folder
+    required = {"cifar100": ("train", "test", "meta"), "stl10": ("train_X.bin", "test_X.bin")}[name]
+    return all((path / f).is_file() for f in required)

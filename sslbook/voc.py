@@ -13,8 +13,10 @@ official detectron2 configs), :func:`build_detector` builds it with
     train_detector(model, train, device="cuda", num_workers=8, **cfg.train_kwargs())
     evaluate_detector(model, test, min_size=cfg.min_size_test, use_07_metric=cfg.use_07_metric)
 
-The config is a dataclass rather than a YAML file under ``sslbook/configs``: that folder holds
-pre-training runs, whose every file :func:`sslbook.config.load_config` must read.
+The recipe is the dataclass's defaults, written out as the shipped file
+``sslbook/configs/detection/voc.yaml`` (``load_detection_config("detection/voc")``): a detection
+config, not a pre-training one, so :func:`sslbook.config.load_config` and
+:func:`sslbook.config.shipped_configs` leave the ``detection/`` folder alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import yaml
 from torch import nn
 
-from .config import ConfigError, _set, parse_override
+from .config import SHIPPED, ConfigError, _set, parse_override
 from .data import IMAGENET_MEAN, IMAGENET_STD, data_root
 from .detection import BACKGROUND, fasterrcnn_from_encoder
 from .models import build_encoder
@@ -99,12 +101,27 @@ class DetectionConfig:
                     milestones=tuple(s / self.max_iter for s in self.steps))
 
 
+def detection_config_path(path: str | Path) -> Path:
+    """A YAML file on disk, or a shipped detection config's name (``"detection/voc"`` or ``"voc"``)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    name = str(path).removesuffix(".yaml")
+    for shipped in (SHIPPED / f"{name}.yaml", SHIPPED / "detection" / f"{name}.yaml"):
+        if shipped.is_file() and shipped.parent.name == "detection":
+            return shipped
+    valid = ", ".join(f"detection/{p.stem}" for p in sorted((SHIPPED / "detection").glob("*.yaml")))
+    raise ConfigError(f"detection config {path} does not exist; shipped detection configs: {valid}")
+
+
 def load_detection_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> DetectionConfig:
-    """:class:`DetectionConfig` defaults <- a YAML file of its keys <- ``key=value`` overrides (checked
-    like :func:`sslbook.config.load_config`: unknown keys and wrong types fail with the key's name)."""
+    """:class:`DetectionConfig` defaults <- a YAML file of its keys (a path, or a shipped name such as
+    ``"detection/voc"``) <- ``key=value`` overrides (checked like :func:`sslbook.config.load_config`:
+    unknown keys and wrong types fail with the key's name)."""
     cfg = DetectionConfig()
     if path is not None:
-        raw = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        path = detection_config_path(path)
+        raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of detection config keys")
         for key, value in raw.items():

@@ -269,3 +269,17 @@ def test_voc_target_from_a_parsed_annotation():
     assert t["difficult"].tolist() == [False, True]
     one = xml.replace(xml[xml.index("<object><name>dog"):xml.index("</annotation>")], "")
     assert voc_target(VOCDetection.parse_voc_xml(ET.fromstring(one)))["labels"].tolist() == [9]
+
+
+def test_shipped_voc_yaml_is_the_dataclass_recipe():
+    from dataclasses import asdict
+
+    from sslbook.voc import detection_config_path
+
+    shipped = load_detection_config("detection/voc")
+    assert asdict(shipped) == asdict(DetectionConfig())  # the file writes out the defaults, nothing else
+    assert detection_config_path("voc") == detection_config_path("detection/voc")
+    cfg = load_detection_config("detection/voc", ["root=/data", "max_iter=100"])
+    assert cfg.root == "/data" and cfg.max_iter == 100 and cfg.train_sets == [["2007", "trainval"], ["2012", "trainval"]]
+    with pytest.raises(ConfigError, match="shipped detection configs: detection/voc"):
+        load_detection_config("detection/coco")

@@ -353,3 +353,25 @@ def test_transfer_eval_with_a_frozen_encoder():
     out = transfer_eval(enc, train, test, linear_epochs=3)
     assert set(out) == {"knn_top1", "linear_top1"} and all(0 <= v <= 100 for v in out.values())
     assert enc.training
+
+
+def test_resize_images_and_transfer_datasets(tmp_path):
+    from sslbook.data import DatasetNotFoundError
+    from sslbook.transfer import resize_images, transfer_available, transfer_datasets
+
+    ds = tiny_dataset(6, side=12)
+    ds.images[:] = 77  # a flat image stays flat at any size
+    big = resize_images(ds, 24)
+    assert big.images.shape == (6, 3, 24, 24) and big.images.dtype == torch.uint8 and (big.images == 77).all()
+    assert torch.equal(big.labels, ds.labels) and big.classes == ds.classes and big.mean == ds.mean
+    assert resize_images(ds, 12) is ds
+
+    train, test = transfer_datasets("digits", size=16)
+    assert train.images.shape[1:] == (3, 16, 16) and len(train) + len(test) == 1797
+    assert transfer_available("digits")
+    for name in ("cifar100", "stl10"):  # not on disk under an empty root: no silent download
+        assert not transfer_available(name, root=tmp_path)
+        with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
+            transfer_datasets(name, root=tmp_path)
+    with pytest.raises(ValueError, match="cifar100, stl10"):
+        transfer_datasets("imagenet")
