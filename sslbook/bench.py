@@ -251,6 +251,13 @@ def _records(path: Path) -> list[dict]:
     return records
 
 
+def step_records(row: dict | str | Path) -> list[dict]:
+    """The training-step records of a row's run (or of a run folder) in order: what the trainer logs
+    every ``log_every`` steps (step, epoch, loss, lr, images/s and the method's own metrics)."""
+    out_dir = Path(row["out_dir"] if isinstance(row, dict) else row)
+    return [r for r in _records(out_dir / "metrics.jsonl") if "step" in r and "loss" in r]
+
+
 def _last_logged(path: Path, key: str) -> Optional[float]:
     """The value of ``key`` at the run's last logging point that has it (pretext methods log their
     task's ``accuracy`` on the training batches), or None."""

@@ -434,17 +434,18 @@ def head_features(backbone: nn.Module, head: nn.Module, images: torch.Tensor, me
     if device is None:
         params = list(backbone.parameters())
         device = params[0].device if params else torch.device("cpu")
-    hs, zs = [], []
+    h_dim = []
+
+    def both(x):  # one pass: [h | head(h)], split below
+        h = backbone(x).flatten(1)
+        h_dim[:] = [h.shape[1]]
+        return torch.cat([h, head(h).flatten(1)], dim=1)
+
     try:
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device)
-            x = normalize_images(x, mean, std) if mean is not None else x.to(torch.float32) / 255
-            h = backbone(x)
-            hs.append(h.float().flatten(1).cpu())
-            zs.append(head(h).float().flatten(1).cpu())
+        hz = extract_features(both, images, mean, std, batch_size, device)
     finally:
         _restore_flags(flags)
-    return torch.cat(hs), torch.cat(zs)
+    return hz[:, :h_dim[0]], hz[:, h_dim[0]:]
 
 
 def same_class_neighbour_rate(features: torch.Tensor, labels: torch.Tensor, batch_size: int, k: int = 1,
@@ -506,19 +507,18 @@ def alignment_uniformity(encoder: Callable, images: torch.Tensor, mean, std, vie
     pick = torch.randperm(len(images), generator=g)[:max_images]
     augment = Augment(recipe(views, size=images.shape[-1], mean=mean, std=std))
     module = getattr(encoder, "__self__", encoder)
-    flags = _training_flags(module) if isinstance(module, nn.Module) else []
+    flags = _training_flags(module)
     if isinstance(module, nn.Module):
         module.eval()
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     try:
-        z1s, z2s = [], []
-        for start in range(0, len(pick), batch_size):
-            v1, v2 = augment(images[pick[start:start + batch_size]])[:2]
-            z1s.append(F.normalize(encoder(v1).float().flatten(1), dim=1))
-            z2s.append(F.normalize(encoder(v2).float().flatten(1), dim=1))
+        with _private_rng(images.device):
+            torch.manual_seed(seed)
+            z1s, z2s = [], []
+            for start in range(0, len(pick), batch_size):
+                v1, v2 = augment(images[pick[start:start + batch_size]])[:2]
+                z1s.append(F.normalize(encoder(v1).float().flatten(1), dim=1))
+                z2s.append(F.normalize(encoder(v2).float().flatten(1), dim=1))
     finally:
-        torch.random.set_rng_state(state)
         _restore_flags(flags)
     z1, z2 = torch.cat(z1s), torch.cat(z2s)
     return {"alignment": float(alignment(z1, z2)), "uniformity": float(uniformity(z1)), "images": len(z1)}

@@ -251,6 +251,9 @@ def test_a_results_file_draws_its_curves_without_the_run_folders(tmp_path):
     matplotlib.use("Agg")
     rows = bench.run_all(["cifar10/simclr"], tmp_path / "runs", TINY, datasets=tiny_datasets(), linear=False)
     path = bench.save_results(rows, tmp_path / "bench.json")
+    steps = bench.step_records(rows[0])  # the trainer's log, every log_every (2) steps and the last
+    assert [r["step"] for r in steps] == list(range(2, rows[0]["steps"] + 1, 2)) and all("lr" in r for r in steps)
+    assert bench.step_records(rows[0]["out_dir"]) == steps
     history = rows[0]["history"]
     assert len(history) == 2 and history[-1][1] == rows[0]["steps"] and history[-1][2] == rows[0]["knn200_top1"]
     shutil.rmtree(tmp_path / "runs")  # a fresh clone has the results file, not the runs
