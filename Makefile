@@ -1,7 +1,8 @@
 # sslbook: two commands do everything.
 #   make book   install into .venv (once) and build the book into _build/html
-#   make test   install into .venv (once), build the book, run every test and every notebook (smoke)
+#   make test   install into .venv (once), lint (ruff), build the book, run every test and every notebook (smoke)
 #   make execute  re-run every notebook top to bottom in the `cpu` profile and store its outputs
+#   (drafts/ holds pages not yet executed in the cpu profile: CI runs them in smoke, the book leaves them out)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ SHARED_CIFAR := ../shared/data/cifar10/materialize.py
 export SSLBOOK_DATA ?= $(CURDIR)/data
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install data book test unit notebooks execute bench clean
+.PHONY: install data book lint test unit notebooks execute bench zoo clean
 
 install: $(STAMP)
 
@@ -26,10 +27,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # The offline CIFAR-10 copy, when this checkout sits beside ../shared (CI, the developers' machines).
+# Run every time (idempotent, ~10 s): the script rewrites an older copy (e.g. a class-sorted test split).
 # Elsewhere the loaders download CIFAR-10 with torchvision on first use.
 data: $(STAMP)
-	@if [ ! -d "$(SSLBOOK_DATA)/cifar-10-batches-py" ] && [ -f "$(SHARED_CIFAR)" ]; then \
-	  $(PY) $(SHARED_CIFAR) "$(SSLBOOK_DATA)"; fi
+	@if [ -f "$(SHARED_CIFAR)" ]; then $(PY) $(SHARED_CIFAR) "$(SSLBOOK_DATA)"; fi
 
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --builder html -W --keep-going
@@ -38,11 +39,16 @@ unit: data
 	SSLBOOK_PROFILE=smoke $(PY) -m pytest tests -q -ra
 
 notebooks: data
-	SSLBOOK_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider chapters -q -ra
+	SSLBOOK_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider chapters drafts -q -ra
 
-test: data book
+# ruff (settings in pyproject.toml): lint errors, then whether `ruff format` would change a file.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint data book
 	SSLBOOK_REQUIRE_BOOK=1 SSLBOOK_PROFILE=smoke $(PY) -m pytest tests -q -ra
-	SSLBOOK_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider chapters -q -ra
+	SSLBOOK_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider chapters drafts -q -ra
 
 execute: data
 	SSLBOOK_PROFILE=cpu $(PY) scripts/execute_notebooks.py chapters
@@ -60,6 +66,12 @@ bench: data
 	$(PY) benchmarks/vs_lightly.py --minutes $(BENCH_MINUTES)
 	$(PY) benchmarks/simclr_cpu.py --minutes 10
 	$(PY) benchmarks/report.py
+
+# The model zoo (zoo/README.md): train, resume or reuse entries, e.g. `make zoo ZOO="simclr moco_v2"`.
+# Each entry trains in the cpu profile for its epoch budget (sslbook/zoo.py); run it alone on the machine.
+ZOO ?= all
+zoo: data
+	$(PY) -m sslbook zoo $(ZOO) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FORCE),--force)
 
 clean:
 	rm -rf _build

@@ -26,8 +26,8 @@ Throughput counts source images per second (each gives 2 views), over a fixed nu
 batches after warm-up. Each method is timed in ``--repeats`` windows and the best window
 is reported (other processes on a shared machine only ever slow a window down); the
 median is recorded too, and so is the CPU time each method burns per 1000 images (all
-threads, DataLoader workers included), which hardly depends on the machine's load. Results go to benchmarks/results/augment_throughput.json and a
-markdown table is printed.
+threads, DataLoader workers included), which hardly depends on the machine's load. Results go
+to benchmarks/results/augment_throughput.json and a markdown table is printed.
 """
 
 from __future__ import annotations
@@ -142,10 +142,15 @@ class _PILTwoViews(torch.utils.data.Dataset):
         return self.t(img), self.t(img)
 
 
-def bench_torchvision(data: torch.Tensor, batches: int, warmup: int, repeats: int, workers: int,
-                      dataset=None) -> list[dict]:
+def bench_torchvision(
+    data: torch.Tensor, batches: int, warmup: int, repeats: int, workers: int, dataset=None
+) -> list[dict]:
     loader = torch.utils.data.DataLoader(
-        dataset if dataset is not None else _PILTwoViews(data), batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
+        dataset if dataset is not None else _PILTwoViews(data),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
         persistent_workers=workers > 0,
     )
     it = iter(loader)
@@ -173,8 +178,13 @@ class _LightlyTwoViews(_PILTwoViews):
         from lightly.transforms import SimCLRTransform
 
         self.data = data.permute(0, 2, 3, 1).numpy()
-        self.t = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0, min_scale=0.08,
-                                 normalize={"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)})
+        self.t = SimCLRTransform(
+            input_size=32,
+            cj_strength=0.5,
+            gaussian_blur=0.0,
+            min_scale=0.08,
+            normalize={"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)},
+        )
 
     def __getitem__(self, i):
         from PIL import Image
@@ -266,8 +276,9 @@ def main(argv=None):
                 images_per_s=round(max(rates)),
                 median_images_per_s=round(statistics.median(rates)),
                 cpu_ms_per_1000_images=round(min(cpu), 1),
-                windows=[dict(images_per_s=round(w["rate"]), cpu_ms_per_1k=round(w["cpu_ms_per_1k"], 1))
-                         for w in windows],
+                windows=[
+                    dict(images_per_s=round(w["rate"]), cpu_ms_per_1k=round(w["cpu_ms_per_1k"], 1)) for w in windows
+                ],
             )
         )
     tv = next((r for r in rows if r["method"].startswith("torchvision")), None)
@@ -298,15 +309,22 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"\ntwo-view SimCLR augmentation, 32 px, batch {BATCH}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, data: {source}\n")
-    print("| method | images/s (best window) | median | CPU ms / 1000 images | speed vs torchvision | CPU efficiency vs torchvision |")
+    print(
+        f"\ntwo-view SimCLR augmentation, 32 px, batch {BATCH}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, data: {source}\n"
+    )
+    print(
+        "| method | images/s (best window) | median | CPU ms / 1000 images | speed vs torchvision "
+        "| CPU efficiency vs torchvision |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = f"{r['speedup_vs_torchvision']:.2f}x" if r["speedup_vs_torchvision"] else "-"
         ce = f"{r['cpu_efficiency_vs_torchvision']:.2f}x" if r["cpu_efficiency_vs_torchvision"] else "-"
-        print(f"| {r['method']} | {r['images_per_s']:,} | {r['median_images_per_s']:,} | "
-              f"{r['cpu_ms_per_1000_images']:,} | {sp} | {ce} |")
+        print(
+            f"| {r['method']} | {r['images_per_s']:,} | {r['median_images_per_s']:,} | "
+            f"{r['cpu_ms_per_1000_images']:,} | {sp} | {ce} |"
+        )
     print(f"\nload average (1 min) before/after: {report['loadavg_1min_before_after']}")
     print(f"\nwrote {out}")
 
@@ -323,8 +341,21 @@ def _run_tuned_malloc(args) -> list[dict] | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tuned.json"
-        cmd = [sys.executable, __file__, "--skip", "torchvision", "lightly", "kornia", "--no-malloc-row",
-               "--batches", str(args.batches), "--repeats", str(args.repeats), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--skip",
+            "torchvision",
+            "lightly",
+            "kornia",
+            "--no-malloc-row",
+            "--batches",
+            str(args.batches),
+            "--repeats",
+            str(args.repeats),
+            "--out",
+            str(out),
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         done = subprocess.run(cmd, env={**os.environ, **MALLOC_ENV}, capture_output=True, text=True)

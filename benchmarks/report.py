@@ -1,6 +1,6 @@
 """Write benchmarks/README.md from the results files in benchmarks/results/ (never by hand).
 
-    python benchmarks/report.py
+python benchmarks/report.py
 """
 
 import json
@@ -8,6 +8,46 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+
+# The table of scripts at the top of the page: (script, what it measures).
+SCRIPTS = [
+    (
+        "`augment_throughput.py`",
+        "two-view SimCLR augmentation throughput at 32 px: sslbook's batched pipeline vs torchvision's "
+        "PIL pipeline in a 2-worker DataLoader (and kornia if installed)",
+    ),
+    (
+        "`train_throughput.py`",
+        "images/s and peak memory of the whole SimCLR training step: fp32, channels_last, bf16, torch.compile",
+    ),
+    (
+        "`simclr_cpu.py`",
+        "SimCLR in the `cpu` profile: kNN top-1 on the CIFAR-10 test set after a fixed wall-clock budget",
+    ),
+    (
+        "`vs_lightly.py`",
+        "SimCLR, MoCo v2 and BYOL: sslbook's trainer vs the same methods written with lightly, same "
+        "cores, data, encoder, batch and wall-clock budget: images/s of the whole loop, peak memory, kNN "
+        "top-1",
+    ),
+    (
+        "`python -m sslbook bench`",
+        "several methods under one budget: kNN and linear-probe top-1, images/s, peak memory (writes "
+        "`results/bench-<profile>.json`)",
+    ),
+    (
+        "`sweep_recipes.py`",
+        "recipe sweeps: named arms (a config + overrides) trained for an epoch or minute budget, each in "
+        "its own process; kNN at the end, kNN curve, images/s, load average (writes "
+        "`results/sweep-<name>.json`; not part of `make bench`)",
+    ),
+    (
+        "`profile_steps.py`",
+        "where each method's training step spends its time: augment, forward, backward, optimiser, "
+        "momentum update, at batch 256 and width 16 in the `cpu` profile (writes "
+        "`results/step_profile-cpu.json`)",
+    ),
+]
 
 INTRO = """# Benchmarks
 
@@ -17,11 +57,7 @@ numbers were measured on the machine named in each table (2 CPU cores, no GPU) a
 
 | script | what it measures |
 |---|---|
-| `augment_throughput.py` | two-view SimCLR augmentation throughput at 32 px: sslbook's batched pipeline vs torchvision's PIL pipeline in a 2-worker DataLoader (and kornia if installed) |
-| `train_throughput.py` | images/s and peak memory of the whole SimCLR training step: fp32, channels_last, bf16, torch.compile |
-| `simclr_cpu.py` | SimCLR in the `cpu` profile: kNN top-1 on the CIFAR-10 test set after a fixed wall-clock budget |
-| `vs_lightly.py` | SimCLR, MoCo v2 and BYOL: sslbook's trainer vs the same methods written with lightly, same cores, data, encoder, batch and wall-clock budget: images/s of the whole loop, peak memory, kNN top-1 |
-| `python -m sslbook bench` | several methods under one budget: kNN and linear-probe top-1, images/s, peak memory (writes `results/bench-<profile>.json`) |
+{scripts}
 
 `make bench` installs the benchmark extra (`requirements-bench.txt`: lightly, kornia; the installed
 torch/torchvision are pinned by a constraints file so they cannot change), runs every script above and
@@ -56,25 +92,36 @@ def load(name):
 def augment_section(r):
     if r is None:
         return ""
-    lines = ["## Augmentation throughput", "",
-             f"{r['benchmark']}, batch {r['batch_size']}; torch {r['torch']}, {r['torch_threads']} threads on "
-             f"{r['cpu_count']} CPUs, data: {r['data'].split(' (')[0]}, {r['date'][:10]}; load average before/after "
-             f"{r['loadavg_1min_before_after']}.", "",
-             "| pipeline | images/s (best window) | median | CPU ms / 1000 images | vs torchvision PIL |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "## Augmentation throughput",
+        "",
+        f"{r['benchmark']}, batch {r['batch_size']}; torch {r['torch']}, {r['torch_threads']} threads on "
+        f"{r['cpu_count']} CPUs, data: {r['data'].split(' (')[0]}, {r['date'][:10]}; load average before/after "
+        f"{r['loadavg_1min_before_after']}.",
+        "",
+        "| pipeline | images/s (best window) | median | CPU ms / 1000 images | vs torchvision PIL |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for x in r["results"]:
-        lines.append(f"| {x['method']} | {x['images_per_s']:,.0f} | {x['median_images_per_s']:,.0f} | "
-                     f"{x['cpu_ms_per_1000_images']:.0f} | {x['speedup_vs_torchvision']:.2f}x |")
+        lines.append(
+            f"| {x['method']} | {x['images_per_s']:,.0f} | {x['median_images_per_s']:,.0f} | "
+            f"{x['cpu_ms_per_1000_images']:.0f} | {x['speedup_vs_torchvision']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def train_section(r):
     if r is None:
         return ""
-    lines = ["## Training-step throughput", "",
-             f"{r['benchmark']}, width {r['width']}, batch {r['batch_size']}, {r['steps']} steps; "
-             f"torch {r['torch']}, {r['threads']} threads on {r['cpus']} CPUs ({r['device']}), {r['date']}.", "",
-             "| variant | images/s | peak memory (MB) |", "|---|---:|---:|"]
+    lines = [
+        "## Training-step throughput",
+        "",
+        f"{r['benchmark']}, width {r['width']}, batch {r['batch_size']}, {r['steps']} steps; "
+        f"torch {r['torch']}, {r['threads']} threads on {r['cpus']} CPUs ({r['device']}), {r['date']}.",
+        "",
+        "| variant | images/s | peak memory (MB) |",
+        "|---|---:|---:|",
+    ]
     for x in r["rows"]:
         if "error" in x:
             lines.append(f"| {x['variant']} | failed: {x['error']} | |")
@@ -87,13 +134,21 @@ def simclr_section(r):
     if r is None:
         return ""
     x = r["results"]
-    return "\n".join([
-        "## SimCLR in the `cpu` profile", "",
-        f"`{r['command']}` ({r['date']}, {r['machine']['cpus']} CPUs, torch {r['machine']['torch']})", "",
-        "| encoder | batch | training minutes | epochs | images/s | kNN top-1 (k=200) | kNN top-1 (k=20) | raw pixels (k=200) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {x['encoder']} | {x['batch_size']} | {x['train_minutes']:.1f} | {x['epochs']:.1f} | {x['images_per_s']:.0f} | "
-        f"{x['knn200_top1']:.2f}% | {x['knn20_top1']:.2f}% | {r['raw_pixels_knn200_top1']:.2f}% |", ""])
+    return "\n".join(
+        [
+            "## SimCLR in the `cpu` profile",
+            "",
+            f"`{r['command']}` ({r['date']}, {r['machine']['cpus']} CPUs, torch {r['machine']['torch']})",
+            "",
+            "| encoder | batch | training minutes | epochs | images/s | kNN top-1 (k=200) | kNN top-1 (k=20) "
+            "| raw pixels (k=200) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {x['encoder']} | {x['batch_size']} | {x['train_minutes']:.1f} | {x['epochs']:.1f} | "
+            f"{x['images_per_s']:.0f} | "
+            f"{x['knn200_top1']:.2f}% | {x['knn20_top1']:.2f}% | {r['raw_pixels_knn200_top1']:.2f}% |",
+            "",
+        ]
+    )
 
 
 def bench_sections():
@@ -107,14 +162,87 @@ def bench_sections():
     for path in files:
         r = json.loads(path.read_text())
         env = r.get("environment", {})
-        parts += [f"## Methods under one budget (`{path.name}`)", "",
-                  f"`{r.get('command', 'python -m sslbook bench')}` ({env.get('date', '?')[:10]}, profile "
-                  f"{env.get('profile')}, {env.get('cpu')}, {env.get('cores')} cores, torch {env.get('torch')}; "
-                  f"load average at start/end {env.get('loadavg_1min_start')}/{env.get('loadavg_1min_end')}).", "",
-                  results_table(r["rows"], columns=["config", "budget_minutes", "train_minutes", "epochs",
-                                                    "images_per_s", "peak_memory_mb", "knn200_top1", "knn20_top1",
-                                                    "linear_top1", "reused"]), ""]
+        parts += [
+            f"## Methods under one budget (`{path.name}`)",
+            "",
+            f"`{r.get('command', 'python -m sslbook bench')}` ({env.get('date', '?')[:10]}, profile "
+            f"{env.get('profile')}, {env.get('cpu')}, {env.get('cores')} cores, torch {env.get('torch')}; "
+            f"load average at start/end {env.get('loadavg_1min_start')}/{env.get('loadavg_1min_end')}).",
+            "",
+            results_table(
+                r["rows"],
+                columns=[
+                    "config",
+                    "budget_minutes",
+                    "train_minutes",
+                    "epochs",
+                    "images_per_s",
+                    "peak_memory_mb",
+                    "knn200_top1",
+                    "knn20_top1",
+                    "linear_top1",
+                    "reused",
+                ],
+            ),
+            "",
+        ]
     return "\n".join(parts)
+
+
+def sweep_sections():
+    """One table per results/sweep-<name>.json written by benchmarks/sweep_recipes.py."""
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from sweep_recipes import markdown_table
+
+    parts = [
+        "## Recipe sweeps (`sweep_recipes.py`)",
+        "",
+        "Each arm trains a shipped config in the `cpu` profile with its overrides for the same budget, alone "
+        "on the machine, in its own process, into `runs/sweeps/<name>/<arm>/` (a finished arm with the same "
+        "settings is reused, a stopped one resumes). kNN: k = 200 and 20, T = 0.1, the whole test set; the "
+        "curve is the kNN monitor every `eval_every` epochs and the final value.",
+        "",
+        "```bash",
+        "python benchmarks/sweep_recipes.py simclr --epochs 2 --arm base: --arm t02:method_args.temperature=0.2 "
+        "--arm b128:batch_size=128",
+        "python benchmarks/sweep_recipes.py --table benchmarks/results/sweep-simclr.json   # the table below",
+        "```",
+        "",
+    ]
+    files = sorted(f for f in RESULTS.glob("sweep-*.json") if json.loads(f.read_text()).get("profile") != "smoke")
+    if not files:
+        parts += ["No sweep has been run yet.", ""]
+    for path in files:
+        sweep = json.loads(path.read_text())
+        parts += [f"### {sweep['sweep']} (`{path.name}`)", "", markdown_table(sweep), ""]
+    return "\n".join(parts)
+
+
+def step_profile_section(r):
+    if r is None:
+        return ""
+    parts = ("augment", "forward", "backward", "optimizer", "momentum_update")
+    lines = [
+        "## Where a step's time goes (`step_profile-cpu.json`)",
+        "",
+        f"`{r['command']}` ({r['date']}, torch {r['torch']}, {r['threads']} threads on {r['cpus']} CPUs, "
+        f"MoCo's Shuffle BN: {r.get('split_bn', 'fused')}; load average (1/5/15 min) before/after "
+        f"{r['load_average'][0]} / {r['load_average'][1]}). Median ms per step over {r['rows'][0]['steps']} "
+        "timed steps after 2 warm-up steps, random images, batch 256, width 16; CPU ms = the process's CPU time "
+        "per step (all threads). On a loaded machine wall times move with the load: compare rows of one run.",
+        "",
+        "| config | overrides | " + " | ".join(parts) + " | total ms | images/s | CPU ms |",
+        "|---|---|" + "---:|" * (len(parts) + 3),
+    ]
+    for x in r["rows"]:
+        lines.append(
+            f"| {x['config']} | {' '.join(x['overrides']) or '-'} | "
+            + " | ".join(f"{x[p]:.0f}" for p in parts)
+            + f" | {x['total']:.0f} | {x['images_per_s']:.0f} | {x.get('cpu_ms', float('nan')):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(x, spec=".0f", missing="-"):
@@ -155,23 +283,27 @@ def vs_lightly_sections():
         rows = {(x["method"], x["side"]): x for x in r["rows"]}
         methods = list(dict.fromkeys(x["method"] for x in r["rows"]))
         any_row = next((x for x in r["rows"] if "error" not in x), {})
-        lines = [f"## sslbook vs lightly (`{path.name}`)", "",
-                 f"`{r['command']}`: {r.get('minutes_per_arm')} minutes of training per arm, one arm after the "
-                 f"other, each in a fresh process; profile {r['profile']} (ResNet-18 width {any_row.get('width')}, "
-                 f"CIFAR stem, batch {any_row.get('batch_size')}, {any_row.get('precision')} autocast, "
-                 f"channels_last {any_row.get('channels_last')}); {env.get('date', '?')[:10]}, {env.get('cpu')}, "
-                 f"{env.get('cores')} cores, torch {env.get('torch')}, lightly {env.get('lightly')}. "
-                 "lightly's arm: its transforms in a 2-worker DataLoader, its heads, losses and momentum "
-                 "utilities, our encoder, optimiser and schedule (see the docstring of `vs_lightly.py` for "
-                 "everything that is held equal). kNN: k = 200, T = 0.1, backbone features, "
-                 f"{_fmt(any_row.get('test_images'), ',', '?')} test images against the "
-                 f"{_fmt(any_row.get('train_images'), ',', '?')} "
-                 "training images. Peak memory: the training process's VmHWM; "
-                 "`+ w` is the largest sampled private memory of lightly's DataLoader workers.", "",
-                 "| method | images/s ours | images/s lightly | ratio | ratio after warm-up | peak MB ours | "
-                 "peak MB lightly (+ w) | steps ours / lightly | kNN top-1 ours | kNN top-1 lightly | "
-                 "load avg (1 min) ours / lightly |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines = [
+            f"## sslbook vs lightly (`{path.name}`)",
+            "",
+            f"`{r['command']}`: {r.get('minutes_per_arm')} minutes of training per arm, one arm after the "
+            f"other, each in a fresh process; profile {r['profile']} (ResNet-18 width {any_row.get('width')}, "
+            f"CIFAR stem, batch {any_row.get('batch_size')}, {any_row.get('precision')} autocast, "
+            f"channels_last {any_row.get('channels_last')}); {env.get('date', '?')[:10]}, {env.get('cpu')}, "
+            f"{env.get('cores')} cores, torch {env.get('torch')}, lightly {env.get('lightly')}. "
+            "lightly's arm: its transforms in a 2-worker DataLoader, its heads, losses and momentum "
+            "utilities, our encoder, optimiser and schedule (see the docstring of `vs_lightly.py` for "
+            "everything that is held equal). kNN: k = 200, T = 0.1, backbone features, "
+            f"{_fmt(any_row.get('test_images'), ',', '?')} test images against the "
+            f"{_fmt(any_row.get('train_images'), ',', '?')} "
+            "training images. Peak memory: the training process's VmHWM; "
+            "`+ w` is the largest sampled private memory of lightly's DataLoader workers.",
+            "",
+            "| method | images/s ours | images/s lightly | ratio | ratio after warm-up | peak MB ours | "
+            "peak MB lightly (+ w) | steps ours / lightly | kNN top-1 ours | kNN top-1 lightly | "
+            "load avg (1 min) ours / lightly |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for m in methods:
             a, b = rows.get((m, "ours"), {}), rows.get((m, "lightly"), {})
             if "error" in a or "error" in b or not a or not b:
@@ -183,32 +315,53 @@ def vs_lightly_sections():
                 f"{_fmt(ratio.get('speed_after_warmup'), '.2f')}x | {a['peak_memory_mb']:.0f} | "
                 f"{b['peak_memory_mb']:.0f} + {b['workers_peak_memory_mb']:.0f} | {a['steps']} / {b['steps']} | "
                 f"{a['knn200_top1']:.2f}% | {b['knn200_top1']:.2f}% | "
-                f"{a['loadavg_1min_before_after']} / {b['loadavg_1min_before_after']} |")
-        lines += ["", "Where a step's time goes (ms per step; ours: 10 extra steps timed part by part after "
-                  "training; lightly: the whole run, `data` = time spent waiting for the DataLoader):", "",
-                  "| method | side | data | augment | forward | backward | optimiser |", "|---|---|---:|---:|---:|---:|---:|"]
+                f"{a['loadavg_1min_before_after']} / {b['loadavg_1min_before_after']} |"
+            )
+        lines += [
+            "",
+            "Where a step's time goes (ms per step; ours: 10 extra steps timed part by part after "
+            "training; lightly: the whole run, `data` = time spent waiting for the DataLoader):",
+            "",
+            "| method | side | data | augment | forward | backward | optimiser |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for m in methods:
             for side in ("ours", "lightly"):
                 x = rows.get((m, side), {})
                 b = x.get("breakdown_ms_per_step")
                 if b:
-                    lines.append(f"| {m} | {side} | {b.get('data', 0):.0f} | "
-                                 f"{_fmt(b.get('augment'), missing='(in workers)')} | {b['forward']:.0f} | "
-                                 f"{b['backward']:.0f} | {b['optimizer']:.0f} |")
+                    lines.append(
+                        f"| {m} | {side} | {b.get('data', 0):.0f} | "
+                        f"{_fmt(b.get('augment'), missing='(in workers)')} | {b['forward']:.0f} | "
+                        f"{b['backward']:.0f} | {b['optimizer']:.0f} |"
+                    )
         faster = [m for m in methods if r["ratios"].get(m, {}).get("speed", 0) > 1]
         not_worse = [m for m in methods if r["ratios"].get(m, {}).get("knn_difference", -1) >= 0]
-        lines += ["", f"Faster on the whole loop: {len(faster)} of {len(methods)} methods "
-                  f"({', '.join(faster) or 'none'}); kNN top-1 at least lightly's after the same budget: "
-                  f"{len(not_worse)} of {len(methods)} ({', '.join(not_worse) or 'none'}). One short run per arm "
-                  "on a shared 2-core machine: differences of a point or two in kNN are within run-to-run noise.",
-                  "", VS_LIGHTLY_LIMITS]
+        lines += [
+            "",
+            f"Faster on the whole loop: {len(faster)} of {len(methods)} methods "
+            f"({', '.join(faster) or 'none'}); kNN top-1 at least lightly's after the same budget: "
+            f"{len(not_worse)} of {len(methods)} ({', '.join(not_worse) or 'none'}). One short run per arm "
+            "on a shared 2-core machine: differences of a point or two in kNN are within run-to-run noise.",
+            "",
+            VS_LIGHTLY_LIMITS,
+        ]
         parts.append("\n".join(lines))
     return "\n".join(parts)
 
 
 def main():
-    parts = [INTRO, augment_section(load("augment_throughput.json")), vs_lightly_sections(),
-             train_section(load("train_throughput.json")), simclr_section(load("simclr_cpu.json")), bench_sections()]
+    intro = INTRO.replace("{scripts}", "\n".join(f"| {script} | {what} |" for script, what in SCRIPTS))
+    parts = [
+        intro,
+        augment_section(load("augment_throughput.json")),
+        vs_lightly_sections(),
+        train_section(load("train_throughput.json")),
+        simclr_section(load("simclr_cpu.json")),
+        bench_sections(),
+        step_profile_section(load("step_profile-cpu.json")),
+        sweep_sections(),
+    ]
     (HERE / "README.md").write_text("\n".join(p for p in parts if p))
     print(f"wrote {HERE / 'README.md'}")
 

@@ -32,8 +32,16 @@ def main():
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    overrides = ["profile=cpu", f"max_minutes={args.minutes}", "eval_every=0", "progress=false",
-                 "out_dir=runs/bench-simclr-cpu", "resume=never", "overwrite=true", *args.overrides]
+    overrides = [
+        "profile=cpu",
+        f"max_minutes={args.minutes}",
+        "eval_every=0",
+        "progress=false",
+        "out_dir=runs/bench-simclr-cpu",
+        "resume=never",
+        "overwrite=true",
+        *args.overrides,
+    ]
     cfg = load_config("cifar10/simclr", overrides)
     train_set, test_set = load_datasets(cfg)
     result = train(cfg, datasets=(train_set, test_set))
@@ -41,10 +49,15 @@ def main():
     report = {
         "benchmark": "SimCLR, CIFAR-10, cpu profile, fixed wall-clock budget",
         "command": "python benchmarks/simclr_cpu.py " + " ".join(sys.argv[1:]),
-        "overrides": overrides, "results": result.results,
+        "overrides": overrides,
+        "results": result.results,
         "raw_pixels_knn200_top1": knn_accuracy(train_px, train_set.labels, test_px, test_set.labels),
-        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "processor": platform.processor() or platform.machine()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "processor": platform.processor() or platform.machine(),
+        },
         "date": datetime.date.today().isoformat(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,26 @@ VARIANTS = {
 
 def run(name, extra, args, tmp):
     out = Path(tmp) / name.replace(" ", "").replace("+", "_")
-    cmd = [sys.executable, "-m", "sslbook", "train", "profile=cpu", f"model.width={args.width}",
-           f"batch_size={args.batch}", f"max_steps={args.steps}", "max_minutes=null", "eval_every=0",
-           "final_eval=false", f"log_every={args.log_every}", "progress=false", "verbose=false",
-           f"out_dir={out}", "resume=never", "overwrite=true", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sslbook",
+        "train",
+        "profile=cpu",
+        f"model.width={args.width}",
+        f"batch_size={args.batch}",
+        f"max_steps={args.steps}",
+        "max_minutes=null",
+        "eval_every=0",
+        "final_eval=false",
+        f"log_every={args.log_every}",
+        "progress=false",
+        "verbose=false",
+        f"out_dir={out}",
+        "resume=never",
+        "overwrite=true",
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         return {"variant": name, "error": proc.stderr.strip().splitlines()[-1][:200]}
@@ -44,8 +60,13 @@ def run(name, extra, args, tmp):
     steps = [r for r in records if "images_per_s" in r and "final" not in r]
     timed = steps[1:] or steps  # the first interval holds warm-up (and compilation)
     final = next(r["final"] for r in records if "final" in r)
-    return {"variant": name, "images_per_s": sum(r["images_per_s"] for r in timed) / len(timed),
-            "peak_memory_mb": final["peak_memory_mb"], "steps": final["steps"], "overrides": extra}
+    return {
+        "variant": name,
+        "images_per_s": sum(r["images_per_s"] for r in timed) / len(timed),
+        "peak_memory_mb": final["peak_memory_mb"],
+        "steps": final["steps"],
+        "overrides": extra,
+    }
 
 
 def main():
@@ -65,11 +86,18 @@ def main():
         for name, extra in variants.items():
             print(f"running {name} ...", file=sys.stderr, flush=True)
             rows.append(run(name, extra, args, tmp))
-    report = {"benchmark": "SimCLR training step on CIFAR-10 (32 px), ResNet-18 CIFAR stem",
-              "width": args.width, "batch_size": args.batch, "steps": args.steps,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "device": "cuda" if torch.cuda.is_available() else "cpu",
-              "date": datetime.date.today().isoformat(), "rows": rows}
+    report = {
+        "benchmark": "SimCLR training step on CIFAR-10 (32 px), ResNet-18 CIFAR stem",
+        "width": args.width,
+        "batch_size": args.batch,
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "date": datetime.date.today().isoformat(),
+        "rows": rows,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
     print("| variant | images/s | peak memory (MB) |\n|---|---:|---:|")

@@ -84,12 +84,28 @@ def loadavg() -> float:
 
 def arm_config(method: str, minutes: float, smoke: bool, out_dir: Path):
     """The cpu-profile config of ``method`` that both arms follow."""
-    overrides = ["profile=cpu", f"max_minutes={minutes}", "eval_every=0", "final_eval=false", "progress=false",
-                 "verbose=false", f"out_dir={out_dir}", "resume=never", "overwrite=true", "checkpoint_minutes=1000"]
+    overrides = [
+        "profile=cpu",
+        f"max_minutes={minutes}",
+        "eval_every=0",
+        "final_eval=false",
+        "progress=false",
+        "verbose=false",
+        f"out_dir={out_dir}",
+        "resume=never",
+        "overwrite=true",
+        "checkpoint_minutes=1000",
+    ]
     if smoke:
-        overrides += [f"data.train_images={SMOKE['train_images']}", f"data.test_images={SMOKE['test_images']}",
-                      f"batch_size={SMOKE['batch_size']}", f"model.width={SMOKE['width']}", "max_minutes=null",
-                      f"max_steps={SMOKE['max_steps']}", f"log_every={SMOKE['log_every']}"]
+        overrides += [
+            f"data.train_images={SMOKE['train_images']}",
+            f"data.test_images={SMOKE['test_images']}",
+            f"batch_size={SMOKE['batch_size']}",
+            f"model.width={SMOKE['width']}",
+            "max_minutes=null",
+            f"max_steps={SMOKE['max_steps']}",
+            f"log_every={SMOKE['log_every']}",
+        ]
     return load_config(METHODS[method], overrides), overrides
 
 
@@ -125,16 +141,35 @@ def run_ours(method: str, minutes: float, smoke: bool, breakdown_steps: int) -> 
     result = train(cfg, datasets=(train_set, test_set))  # resets the peak-memory count itself
     load1 = loadavg()
     r = result.results
-    points = [(rec["step"], rec["train_minutes"] * 60) for rec in result.log()
-              if "step" in rec and "train_minutes" in rec and "eval" not in rec and "final" not in rec]
+    points = [
+        (rec["step"], rec["train_minutes"] * 60)
+        for rec in result.log()
+        if "step" in rec and "train_minutes" in rec and "eval" not in rec and "final" not in rec
+    ]
     knn, knn_seconds = knn_top1(result.method.embed, train_set, test_set, cfg)
-    row = dict(method=method, side="ours", config=METHODS[method], overrides=overrides,
-               precision=cfg.precision, channels_last=cfg.channels_last, batch_size=cfg.batch_size,
-               width=cfg.model.width, train_images=len(train_set), test_images=len(test_set), steps=r["steps"], epochs=r["epochs"], train_seconds=r["train_minutes"] * 60,
-               images_per_s=r["images_per_s"], images_per_s_after_warmup=rate_after_warmup(points, cfg.batch_size),
-               warmup_steps=points[0][0] if points else None, peak_memory_mb=r["peak_memory_mb"],
-               workers_peak_memory_mb=0.0, knn200_top1=knn, knn_seconds=knn_seconds,
-               loadavg_1min_before_after=[load0, load1])
+    row = dict(
+        method=method,
+        side="ours",
+        config=METHODS[method],
+        overrides=overrides,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        batch_size=cfg.batch_size,
+        width=cfg.model.width,
+        train_images=len(train_set),
+        test_images=len(test_set),
+        steps=r["steps"],
+        epochs=r["epochs"],
+        train_seconds=r["train_minutes"] * 60,
+        images_per_s=r["images_per_s"],
+        images_per_s_after_warmup=rate_after_warmup(points, cfg.batch_size),
+        warmup_steps=points[0][0] if points else None,
+        peak_memory_mb=r["peak_memory_mb"],
+        workers_peak_memory_mb=0.0,
+        knn200_top1=knn,
+        knn_seconds=knn_seconds,
+        loadavg_1min_before_after=[load0, load1],
+    )
     if breakdown_steps:
         row["breakdown_ms_per_step"] = breakdown_ours(result.method, cfg, train_set, breakdown_steps)
     return row
@@ -201,7 +236,13 @@ class PILImages(torch.utils.data.Dataset):
 
 def lightly_transform(method: str, mean, std):
     """lightly's transform of each method, set to the CIFAR SimCLR recipe our configs use."""
-    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, MoCoV2Transform, SimCLRTransform
+    from lightly.transforms import (
+        BYOLTransform,
+        BYOLView1Transform,
+        BYOLView2Transform,
+        MoCoV2Transform,
+        SimCLRTransform,
+    )
 
     normalize = {"mean": list(mean), "std": list(std)}
     common = dict(input_size=32, gaussian_blur=0.0, min_scale=0.08, normalize=normalize)
@@ -219,8 +260,12 @@ class LightlyModel(torch.nn.Module):
     def __init__(self, method: str, backbone, cfg):
         super().__init__()
         from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-        from lightly.models.modules import (BYOLPredictionHead, BYOLProjectionHead, MoCoProjectionHead,
-                                            SimCLRProjectionHead)
+        from lightly.models.modules import (
+            BYOLPredictionHead,
+            BYOLProjectionHead,
+            MoCoProjectionHead,
+            SimCLRProjectionHead,
+        )
         from lightly.models.utils import deactivate_requires_grad
 
         self.method, args, d = method, cfg.method_args, backbone.feature_dim
@@ -231,8 +276,9 @@ class LightlyModel(torch.nn.Module):
         elif method == "moco_v2":
             split_batchnorm(self.backbone, args["shuffle_bn_splits"])  # both sides: 8 BN sub-batches
             self.projection_head = MoCoProjectionHead(d, args.get("hidden_dim") or d, args["dim"])
-            self.criterion = NTXentLoss(temperature=args["temperature"],
-                                        memory_bank_size=(args["queue_size"], args["dim"]))
+            self.criterion = NTXentLoss(
+                temperature=args["temperature"], memory_bank_size=(args["queue_size"], args["dim"])
+            )
         else:
             self.projection_head = BYOLProjectionHead(d, args["hidden_dim"], args["dim"])
             self.prediction_head = BYOLPredictionHead(args["dim"], args["hidden_dim"], args["dim"])
@@ -306,10 +352,17 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
     device = torch.device("cpu")
     reset_peak_memory(device)
     load0 = loadavg()
-    dataset = LightlyDataset.from_torch_dataset(PILImages(train_set),
-                                                transform=lightly_transform(method, train_set.mean, train_set.std))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
+    dataset = LightlyDataset.from_torch_dataset(
+        PILImages(train_set), transform=lightly_transform(method, train_set.mean, train_set.std)
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     model = LightlyModel(method, resnet(18, "cifar", width=cfg.model.width), cfg)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -330,9 +383,10 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
     worker_private = 0.0  # the largest sampled sum of the workers' private memory
     it = None
 
-    def sample_workers():
+    def sample_workers(iterator):
+        """Record the memory of the DataLoader workers of ``iterator`` (none before the first epoch)."""
         nonlocal worker_private
-        pids = [w.pid for w in getattr(it, "_workers", [])]
+        pids = [w.pid for w in getattr(iterator, "_workers", [])]
         for pid in pids:
             worker_peaks[pid] = max(worker_peaks.get(pid, 0.0), _vm_hwm_mb(pid))
         worker_private = max(worker_private, sum(_private_mb(pid) for pid in pids))
@@ -369,7 +423,7 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
                 points.append((step, seconds))
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"lightly {method}: loss {loss.item()} at step {step}")
-                sample_workers()
+                sample_workers(it)
             if not planned and step == CALIBRATION_STEPS[0]:
                 calib = seconds
             if not planned and step == CALIBRATION_STEPS[1] and calib is not None:
@@ -377,34 +431,57 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
                 total = min(step + int((budget - seconds) / per_step), total)
                 warmup = int(min(optim_cfg.warmup_epochs * steps_per_epoch, 0.1 * total))
                 planned = True
-            if (step >= total or (budget is not None and seconds >= budget)
-                    or (cfg.max_steps is not None and step >= cfg.max_steps)):
+            if (
+                step >= total
+                or (budget is not None and seconds >= budget)
+                or (cfg.max_steps is not None and step >= cfg.max_steps)
+            ):
                 done = True
                 break
         if done:
             break
     if not points or points[-1][0] != step:
         points.append((step, seconds))
-    sample_workers()
+    sample_workers(it)
     peak_mb = _peak_memory_mb(device)
     load1 = loadavg()
     del it, loader
     knn, knn_seconds = knn_top1(model.backbone, train_set, test_set, cfg)
     import lightly
 
-    return dict(method=method, side="lightly", lightly=lightly.__version__, precision=cfg.precision,
-                channels_last=cfg.channels_last, batch_size=cfg.batch_size, width=cfg.model.width,
-                dataloader_workers=workers, train_images=len(train_set), test_images=len(test_set), steps=step, epochs=step / steps_per_epoch, train_seconds=seconds,
-                images_per_s=step * cfg.batch_size / max(seconds, 1e-9),
-                images_per_s_after_warmup=rate_after_warmup(points, cfg.batch_size),
-                warmup_steps=points[0][0], peak_memory_mb=peak_mb,
-                workers_peak_memory_mb=round(worker_private, 1),
-                workers_vmhwm_sum_mb=round(sum(worker_peaks.values()), 1), knn200_top1=knn,
-                knn_seconds=knn_seconds, loadavg_1min_before_after=[load0, load1],
-                seconds_per_part={k: round(v, 2) for k, v in parts.items()},
-                breakdown_ms_per_step={k: round(1000 * v / max(step, 1), 1) for k, v in parts.items()},
-                optimizer=dict(lr=optim_cfg.lr, lr_batch=optim_cfg.lr_batch, weight_decay=optim_cfg.weight_decay,
-                               momentum=optim_cfg.momentum, exclude_bias_and_norm=optim_cfg.exclude_bias_and_norm))
+    return dict(
+        method=method,
+        side="lightly",
+        lightly=lightly.__version__,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        batch_size=cfg.batch_size,
+        width=cfg.model.width,
+        dataloader_workers=workers,
+        train_images=len(train_set),
+        test_images=len(test_set),
+        steps=step,
+        epochs=step / steps_per_epoch,
+        train_seconds=seconds,
+        images_per_s=step * cfg.batch_size / max(seconds, 1e-9),
+        images_per_s_after_warmup=rate_after_warmup(points, cfg.batch_size),
+        warmup_steps=points[0][0],
+        peak_memory_mb=peak_mb,
+        workers_peak_memory_mb=round(worker_private, 1),
+        workers_vmhwm_sum_mb=round(sum(worker_peaks.values()), 1),
+        knn200_top1=knn,
+        knn_seconds=knn_seconds,
+        loadavg_1min_before_after=[load0, load1],
+        seconds_per_part={k: round(v, 2) for k, v in parts.items()},
+        breakdown_ms_per_step={k: round(1000 * v / max(step, 1), 1) for k, v in parts.items()},
+        optimizer=dict(
+            lr=optim_cfg.lr,
+            lr_batch=optim_cfg.lr_batch,
+            weight_decay=optim_cfg.weight_decay,
+            momentum=optim_cfg.momentum,
+            exclude_bias_and_norm=optim_cfg.exclude_bias_and_norm,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- driver
@@ -413,14 +490,31 @@ def run_arm_process(side: str, method: str, args) -> dict:
     (quicker; its memory numbers then mean nothing, like the rest of a smoke run)."""
     if args.smoke:
         t0 = time.perf_counter()
-        row = (run_ours(method, args.minutes, True, args.breakdown_steps) if side == "ours"
-               else run_lightly(method, args.minutes, True, args.workers))
+        row = (
+            run_ours(method, args.minutes, True, args.breakdown_steps)
+            if side == "ours"
+            else run_lightly(method, args.minutes, True, args.workers)
+        )
         row["process_seconds"] = round(time.perf_counter() - t0, 1)
         return row
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "arm.json"
-        cmd = [sys.executable, __file__, "--arm", side, "--methods", method, "--minutes", str(args.minutes),
-               "--workers", str(args.workers), "--breakdown-steps", str(args.breakdown_steps), "--arm-out", str(out)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--arm",
+            side,
+            "--methods",
+            method,
+            "--minutes",
+            str(args.minutes),
+            "--workers",
+            str(args.workers),
+            "--breakdown-steps",
+            str(args.breakdown_steps),
+            "--arm-out",
+            str(out),
+        ]
         if args.smoke:
             cmd.append("--smoke")
         t0 = time.perf_counter()
@@ -439,7 +533,9 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--smoke", action="store_true", help="a few steps on 512 images, width 8: checks the script")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of lightly's arm")
-    ap.add_argument("--breakdown-steps", type=int, default=None, help="extra timed steps of our loop (default 10; smoke 2)")
+    ap.add_argument(
+        "--breakdown-steps", type=int, default=None, help="extra timed steps of our loop (default 10; smoke 2)"
+    )
     ap.add_argument("--out", default=None, help="results file (default results/vs_lightly-<profile>.json)")
     ap.add_argument("--arm", choices=["ours", "lightly"], help=argparse.SUPPRESS)
     ap.add_argument("--arm-out", help=argparse.SUPPRESS)
@@ -453,8 +549,11 @@ def main(argv=None):
 
     if args.arm:  # child process: one arm
         method = methods[0]
-        row = (run_ours(method, args.minutes, args.smoke, args.breakdown_steps) if args.arm == "ours"
-               else run_lightly(method, args.minutes, args.smoke, args.workers))
+        row = (
+            run_ours(method, args.minutes, args.smoke, args.breakdown_steps)
+            if args.arm == "ours"
+            else run_lightly(method, args.minutes, args.smoke, args.workers)
+        )
         Path(args.arm_out).write_text(json.dumps(row, indent=2))
         return
 
@@ -472,13 +571,22 @@ def main(argv=None):
             if "error" in row:
                 print(f"[vs_lightly]   failed: {row['error']}", file=sys.stderr, flush=True)
             else:
-                print(f"[vs_lightly]   {row['steps']} steps, {row['images_per_s']:.0f} img/s, "
-                      f"kNN {row['knn200_top1']:.2f}%, peak {row['peak_memory_mb']:.0f} MB", file=sys.stderr, flush=True)
+                print(
+                    f"[vs_lightly]   {row['steps']} steps, {row['images_per_s']:.0f} img/s, "
+                    f"kNN {row['knn200_top1']:.2f}%, peak {row['peak_memory_mb']:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
     env["loadavg_1min_end"] = loadavg()
-    report = dict(benchmark="sslbook vs lightly: whole training loop, same cores, data, encoder, batch and budget",
-                  command="python benchmarks/vs_lightly.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  profile=profile, minutes_per_arm=None if args.smoke else args.minutes, environment=env,
-                  rows=rows, ratios=ratios(rows))
+    report = dict(
+        benchmark="sslbook vs lightly: whole training loop, same cores, data, encoder, batch and budget",
+        command="python benchmarks/vs_lightly.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        profile=profile,
+        minutes_per_arm=None if args.smoke else args.minutes,
+        environment=env,
+        rows=rows,
+        ratios=ratios(rows),
+    )
     out = Path(args.out or RESULTS / f"vs_lightly-{profile}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -494,25 +602,34 @@ def ratios(rows: list[dict]) -> dict:
         a, b = by.get((method, "ours")), by.get((method, "lightly"))
         if not (a and b):
             continue
-        warm = (a["images_per_s_after_warmup"] / b["images_per_s_after_warmup"]
-                if a.get("images_per_s_after_warmup") and b.get("images_per_s_after_warmup") else None)
-        out[method] = dict(speed=round(a["images_per_s"] / b["images_per_s"], 2),
-                           speed_after_warmup=round(warm, 2) if warm else None,
-                           memory=round(a["peak_memory_mb"] / (b["peak_memory_mb"] + b["workers_peak_memory_mb"]), 2),
-                           knn_difference=round(a["knn200_top1"] - b["knn200_top1"], 2))
+        warm = (
+            a["images_per_s_after_warmup"] / b["images_per_s_after_warmup"]
+            if a.get("images_per_s_after_warmup") and b.get("images_per_s_after_warmup")
+            else None
+        )
+        out[method] = dict(
+            speed=round(a["images_per_s"] / b["images_per_s"], 2),
+            speed_after_warmup=round(warm, 2) if warm else None,
+            memory=round(a["peak_memory_mb"] / (b["peak_memory_mb"] + b["workers_peak_memory_mb"]), 2),
+            knn_difference=round(a["knn200_top1"] - b["knn200_top1"], 2),
+        )
     return out
 
 
 def table(report: dict) -> str:
-    lines = ["| method | side | steps | images/s (whole loop) | after warm-up | peak MB (main + workers) | kNN top-1 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | side | steps | images/s (whole loop) | after warm-up | peak MB (main + workers) | kNN top-1 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['side']} | failed: {r['error']} | | | | |")
             continue
         warm = f"{r['images_per_s_after_warmup']:.0f}" if r.get("images_per_s_after_warmup") else "-"
-        lines.append(f"| {r['method']} | {r['side']} | {r['steps']} | {r['images_per_s']:.0f} | {warm} | "
-                     f"{r['peak_memory_mb']:.0f} + {r['workers_peak_memory_mb']:.0f} | {r['knn200_top1']:.2f}% |")
+        lines.append(
+            f"| {r['method']} | {r['side']} | {r['steps']} | {r['images_per_s']:.0f} | {warm} | "
+            f"{r['peak_memory_mb']:.0f} + {r['workers_peak_memory_mb']:.0f} | {r['knn200_top1']:.2f}% |"
+        )
     return "\n".join(lines)
 
 

@@ -39,10 +39,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .data import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 
 # ITU-R 601-2 luma weights, the ones torchvision (and PIL's "L" mode) use for grayscale.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -573,8 +570,9 @@ os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of t
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
     """A shared pool of ``workers`` threads that run torch ops single-threaded."""
     if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="sslbook-augment",
-                                             initializer=torch.set_num_threads, initargs=(1,))
+        _POOLS[workers] = ThreadPoolExecutor(
+            workers, thread_name_prefix="sslbook-augment", initializer=torch.set_num_threads, initargs=(1,)
+        )
     return _POOLS[workers]
 
 
@@ -650,16 +648,32 @@ def _simclr(size, mean, std):
     p=0.5 sigma 0.1-2.0 kernel 10% of the side. Colour strength s=1.0 on ImageNet, s=0.5 on
     CIFAR-10 (-> 0.4, 0.4, 0.4, 0.1) where the blur is also left out. Two identical views."""
     s = 1.0 if size >= BLUR_MIN_SIZE else 0.5
-    v = ViewSpec(size=size, scale=(0.08, 1.0), jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), jitter_p=0.8,
-                 gray_p=0.2, blur_p=_blur(size, 0.5), mean=mean, std=std)
+    v = ViewSpec(
+        size=size,
+        scale=(0.08, 1.0),
+        jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+        jitter_p=0.8,
+        gray_p=0.2,
+        blur_p=_blur(size, 0.5),
+        mean=mean,
+        std=std,
+    )
     return [v, replace(v)]
 
 
 def _instdisc_view(size, mean, std):
     # InstDisc (Wu et al. 2018) / MoCo v1 (He et al. 2020): RandomResizedCrop(scale 0.2-1),
     # RandomGrayscale p=0.2, ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip -- in that order.
-    return ViewSpec(size=size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_p=0.2,
-                    gray_before_jitter=True, mean=mean, std=std)
+    return ViewSpec(
+        size=size,
+        scale=(0.2, 1.0),
+        jitter=(0.4, 0.4, 0.4, 0.4),
+        jitter_p=1.0,
+        gray_p=0.2,
+        gray_before_jitter=True,
+        mean=mean,
+        std=std,
+    )
 
 
 def _instdisc(size, mean, std):
@@ -678,8 +692,17 @@ def _moco_v1(size, mean, std):
 def _moco_v2(size, mean, std):
     """MoCo v2 (Chen et al. 2020, "Improved baselines"): crop(0.2, 1), jitter(0.4, 0.4, 0.4,
     0.1) p=0.8, grayscale p=0.2, GaussianBlur sigma 0.1-2.0 p=0.5 (ImageNet scale only), flip."""
-    v = ViewSpec(size=size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
-                 blur_p=_blur(size, 0.5), blur_sigma=(0.1, 2.0), mean=mean, std=std)
+    v = ViewSpec(
+        size=size,
+        scale=(0.2, 1.0),
+        jitter=(0.4, 0.4, 0.4, 0.1),
+        jitter_p=0.8,
+        gray_p=0.2,
+        blur_p=_blur(size, 0.5),
+        blur_sigma=(0.1, 2.0),
+        mean=mean,
+        std=std,
+    )
     return [v, replace(v)]
 
 
@@ -693,8 +716,17 @@ def _byol(size, mean, std):
     jitter(0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur sigma 0.1-2.0 (kernel 23 at 224).
     View 1: blur p=1.0, solarize p=0. View 2: blur p=0.1, solarize p=0.2.
     At 32 px the blur is left out, the solarisation kept."""
-    v1 = ViewSpec(size=size, scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2,
-                  blur_p=_blur(size, 1.0), solarize_p=0.0, mean=mean, std=std)
+    v1 = ViewSpec(
+        size=size,
+        scale=(0.08, 1.0),
+        jitter=(0.4, 0.4, 0.2, 0.1),
+        jitter_p=0.8,
+        gray_p=0.2,
+        blur_p=_blur(size, 1.0),
+        solarize_p=0.0,
+        mean=mean,
+        std=std,
+    )
     v2 = replace(v1, blur_p=_blur(size, 0.1), solarize_p=0.2)
     return [v1, v2]
 
@@ -706,17 +738,29 @@ def _swav(size, mean, std):
     sizes). Every crop: flip, jitter(0.8, 0.8, 0.8, 0.2) p=0.8, grayscale p=0.2, Gaussian
     blur sigma 0.1-2.0 p=0.5 (ImageNet scale only)."""
     local = 96 if size == 224 else max(8, round(size * 18 / 32))
-    g = ViewSpec(size=size, scale=(0.14, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2,
-                 blur_p=_blur(size, 0.5), blur_sigma=(0.1, 2.0), mean=mean, std=std)
-    l = replace(g, size=local, scale=(0.05, 0.14))
-    return [g, replace(g)] + [replace(l) for _ in range(6)]
+    g = ViewSpec(
+        size=size,
+        scale=(0.14, 1.0),
+        jitter=(0.8, 0.8, 0.8, 0.2),
+        jitter_p=0.8,
+        gray_p=0.2,
+        blur_p=_blur(size, 0.5),
+        blur_sigma=(0.1, 2.0),
+        mean=mean,
+        std=std,
+    )
+    small = replace(g, size=local, scale=(0.05, 0.14))
+    return [g, replace(g)] + [replace(small) for _ in range(6)]
 
 
 def _eval(size, mean, std):
     """Evaluation (linear probe, k-NN): no randomness, resize the whole image to ``size`` if
     it is not already that size, then normalise."""
-    return [ViewSpec(size=size, crop=False, flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0,
-                     mean=mean, std=std)]
+    return [
+        ViewSpec(
+            size=size, crop=False, flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0, mean=mean, std=std
+        )
+    ]
 
 
 RECIPES = {

@@ -15,15 +15,15 @@ effective config (keys that cannot change the trained network, :data:`IGNORED_KE
 compared); anything else is retrained, with a line saying why. Every row gets two numbers measured
 the same way for every method: the trainer's final kNN top-1 (k=200 and k=20, Wu et al. 2018) and a
 linear probe on frozen features (:func:`linear_top1`), both on the test set.
+
+This module trains and caches; the table, the figure and the results files are :mod:`sslbook.report`'s
+(their names are importable from here too).
 """
 
 from __future__ import annotations
 
-import datetime
 import difflib
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,8 +31,33 @@ import torch
 
 from .config import SHIPPED, Config, ConfigError, from_dict, load_config, shipped_configs, to_dict
 from .eval import linear_probe
-from .trainer import (CHECKPOINT, CheckpointError, dataset_stats, features_of, load_datasets,
-                      method_from_checkpoint, read_checkpoint, train)
+from .report import (  # noqa: F401 (the presentation names stay importable from here: bench.results_table, ...)
+    COLUMNS,
+    DEFAULT_COLUMNS,
+    BenchError,
+    accuracy_vs_time,
+    cpu_model,
+    environment,
+    load_average,
+    load_environment,
+    load_results,
+    metric_history,
+    metrics_records,
+    results_table,
+    save_results,
+    step_records,
+    write_json,
+)
+from .trainer import (
+    CHECKPOINT,
+    CheckpointError,
+    dataset_stats,
+    features_of,
+    load_datasets,
+    method_from_checkpoint,
+    read_checkpoint,
+    train,
+)
 
 RESULTS = "results.json"
 LINEAR_EPOCHS = 100
@@ -40,12 +65,18 @@ LINEAR_EPOCHS = 100
 # Config keys that cannot change the trained network or its test numbers: where the run is written,
 # whether it resumes or may overwrite, what it prints, how often it checkpoints, the kNN *monitor*
 # during training (the final kNN is always k=200 and k=20), and where the data are read from.
-IGNORED_KEYS = ("out_dir", "resume", "overwrite", "progress", "verbose", "checkpoint_minutes", "eval_every",
-                "knn_k", "data.root", "data.num_workers")
-
-
-class BenchError(RuntimeError):
-    """A run folder or results file that cannot be used as it is."""
+IGNORED_KEYS = (
+    "out_dir",
+    "resume",
+    "overwrite",
+    "progress",
+    "verbose",
+    "checkpoint_minutes",
+    "eval_every",
+    "knn_k",
+    "data.root",
+    "data.num_workers",
+)
 
 
 def _say(message: str) -> None:
@@ -134,8 +165,11 @@ def config_differences(old: Config | dict, new: Config | dict) -> list[str]:
     def shown(d, k):
         return repr(d[k]) if k in d else "unset"
 
-    return [f"{k}: {shown(a, k)} -> {shown(b, k)}" for k in sorted(set(a) | set(b))
-            if k not in a or k not in b or a[k] != b[k]]
+    return [
+        f"{k}: {shown(a, k)} -> {shown(b, k)}"
+        for k in sorted(set(a) | set(b))
+        if k not in a or k not in b or a[k] != b[k]
+    ]
 
 
 def _read_results(path: Path) -> dict:
@@ -177,8 +211,9 @@ def finished_results(out_dir: str | Path, cfg: Config, train_images: Optional[in
         return None
     state = ckpt["state"]
     if not (state.get("finished") or (cfg.max_steps is not None and state.get("step", 0) >= cfg.max_steps)):
-        _say(f"{out_dir} holds an unfinished run (step {state.get('step')} of {state.get('total_steps')}); "
-             "retraining it")
+        _say(
+            f"{out_dir} holds an unfinished run (step {state.get('step')} of {state.get('total_steps')}); retraining it"
+        )
         return None
     if not results_path.exists():
         _say(f"{ckpt_path} is finished but {results_path.name} is missing; retraining {out_dir}")
@@ -186,43 +221,39 @@ def finished_results(out_dir: str | Path, cfg: Config, train_images: Optional[in
     try:
         results = _read_results(results_path)
         if results.get("steps") != state.get("step"):
-            raise BenchError(f"{results_path} is for {results.get('steps')} steps but {ckpt_path} "
-                             f"took {state.get('step')}")
+            raise BenchError(
+                f"{results_path} is for {results.get('steps')} steps but {ckpt_path} took {state.get('step')}"
+            )
     except BenchError as e:
-        raise BenchError(f"{e}; the finished run in {ckpt_path} is not retrained silently: delete "
-                         f"{results_path} to retrain {out_dir} (replacing that checkpoint), or move "
-                         f"{out_dir} away to keep it") from None
+        raise BenchError(
+            f"{e}; the finished run in {ckpt_path} is not retrained silently: delete "
+            f"{results_path} to retrain {out_dir} (replacing that checkpoint), or move "
+            f"{out_dir} away to keep it"
+        ) from None
     if train_images is not None and results.get("train_images") not in (None, train_images):
-        _say(f"{out_dir} was trained on {results['train_images']} images, this run uses {train_images}; "
-             "retraining it")
+        _say(f"{out_dir} was trained on {results['train_images']} images, this run uses {train_images}; retraining it")
         return None
     return results
-
-
-def _write_json(path: Path, data) -> None:
-    """Write atomically: a temporary file beside ``path``, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def _loadavg() -> Optional[float]:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
 
 
 # --------------------------------------------------------------------------- one method, several
 def _row(name: str, cfg: Config, results: dict, reused: bool, out_dir: Path) -> dict:
     steps, batch = results.get("steps"), results.get("batch_size", cfg.batch_size)
-    row = {"method": results.get("method", cfg.method), "config": name, "profile": cfg.profile,
-           "budget_minutes": cfg.max_minutes, "encoder": results.get("encoder"), "batch_size": batch,
-           "train_minutes": results.get("train_minutes"), "epochs": results.get("epochs"), "steps": steps,
-           "images_seen": steps * batch if steps is not None else None,  # batch_size is over all processes
-           "images_per_s": results.get("images_per_s"), "peak_memory_mb": results.get("peak_memory_mb"),
-           "knn200_top1": results.get("knn200_top1")}
+    row = {
+        "method": results.get("method", cfg.method),
+        "config": name,
+        "profile": cfg.profile,
+        "budget_minutes": cfg.max_minutes,
+        "encoder": results.get("encoder"),
+        "batch_size": batch,
+        "train_minutes": results.get("train_minutes"),
+        "epochs": results.get("epochs"),
+        "steps": steps,
+        "images_seen": steps * batch if steps is not None else None,  # batch_size is over all processes
+        "images_per_s": results.get("images_per_s"),
+        "peak_memory_mb": results.get("peak_memory_mb"),
+        "knn200_top1": results.get("knn200_top1"),
+    }
     if "knn20_top1" in results:
         row["knn20_top1"] = results["knn20_top1"]
     row["linear_top1"] = results.get("linear_top1")
@@ -232,36 +263,15 @@ def _row(name: str, cfg: Config, results: dict, reused: bool, out_dir: Path) -> 
     if "loadavg_1min" in results:
         row["loadavg_1min"] = results["loadavg_1min"]
     # The kNN-monitor curve travels with the row, so a results file draws it without the run folder.
-    row["history"] = [list(p) for p in _history({"out_dir": str(out_dir)}, "knn200_top1")]
+    row["history"] = [list(p) for p in metric_history({"out_dir": str(out_dir)}, "knn200_top1")]
     row.update(reused=reused, out_dir=str(out_dir))
     return row
-
-
-def _records(path: Path) -> list[dict]:
-    """The records of a metrics log (lines that do not parse are skipped)."""
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
-
-def step_records(row: dict | str | Path) -> list[dict]:
-    """The training-step records of a row's run (or of a run folder) in order: what the trainer logs
-    every ``log_every`` steps (step, epoch, loss, lr, images/s and the method's own metrics)."""
-    out_dir = Path(row["out_dir"] if isinstance(row, dict) else row)
-    return [r for r in _records(out_dir / "metrics.jsonl") if "step" in r and "loss" in r]
 
 
 def _last_logged(path: Path, key: str) -> Optional[float]:
     """The value of ``key`` at the run's last logging point that has it (pretext methods log their
     task's ``accuracy`` on the training batches), or None."""
-    values = [r[key] for r in _records(path) if "step" in r and isinstance(r.get(key), (int, float))]
+    values = [r[key] for r in metrics_records(path) if "step" in r and isinstance(r.get(key), (int, float))]
     return float(values[-1]) if values else None
 
 
@@ -275,8 +285,16 @@ def _datasets_for(cfg: Config, cache: Optional[dict]):
     return cache[key]
 
 
-def run(config: str, out_dir, overrides: Sequence[str] = (), reuse: bool = True, linear: bool = True,
-        datasets=None, *, _data_cache: Optional[dict] = None) -> dict:
+def run(
+    config: str,
+    out_dir,
+    overrides: Sequence[str] = (),
+    reuse: bool = True,
+    linear: bool = True,
+    datasets=None,
+    *,
+    _data_cache: Optional[dict] = None,
+) -> dict:
     """Train one config (or reuse its finished run in ``out_dir``) and return its results row.
 
     The config is ``load_config(config, [*overrides, out_dir=..., resume=never, overwrite=true])``.
@@ -302,10 +320,10 @@ def run(config: str, out_dir, overrides: Sequence[str] = (), reuse: bool = True,
         datasets = datasets if datasets is not None else _datasets_for(cfg, _data_cache)
         budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes is not None else "no time limit"
         _say(f"{name}: training into {out_dir} ({cfg.profile} profile, {budget})")
-        before = _loadavg()
+        before = load_average()
         result = train(cfg, datasets=datasets)
         results, method, changed = dict(result.results), result.method, True
-        results["loadavg_1min"] = [before, _loadavg()]  # machine load before and after the training
+        results["loadavg_1min"] = [before, load_average()]  # machine load before and after the training
     if linear and results.get("linear_top1") is None:
         train_set, test_set = datasets if datasets is not None else _datasets_for(cfg, _data_cache)
         if test_set is None:
@@ -317,7 +335,7 @@ def run(config: str, out_dir, overrides: Sequence[str] = (), reuse: bool = True,
             results["linear_epochs"] = LINEAR_EPOCHS
             changed = True
     if changed:
-        _write_json(out_dir / RESULTS, results)
+        write_json(out_dir / RESULTS, results)
     return _row(name, cfg, results, reused, out_dir)
 
 
@@ -327,8 +345,9 @@ def _device():
     return default_device()
 
 
-def run_all(configs: list[str], out_root, overrides: Sequence[str] = (),
-            overrides_for: Optional[dict] = None, **kw) -> list[dict]:
+def run_all(
+    configs: list[str], out_root, overrides: Sequence[str] = (), overrides_for: Optional[dict] = None, **kw
+) -> list[dict]:
     """:func:`run` for each config into ``out_root/<name>-<profile>`` (``name`` = the config's basename,
     e.g. ``moco_v2``): the folder a chapter trains ``cifar10/moco_v2`` into, so its run is reused when
     the settings match. ``overrides`` apply to every config; ``overrides_for`` maps a config name
@@ -341,8 +360,9 @@ def run_all(configs: list[str], out_root, overrides: Sequence[str] = (),
     for key, values in (overrides_for or {}).items():
         (full,) = expand_configs(key)
         if full not in names:
-            raise ConfigError(f"overrides given for {key!r}, which is not among the configs being run "
-                              f"({', '.join(names)})")
+            raise ConfigError(
+                f"overrides given for {key!r}, which is not among the configs being run ({', '.join(names)})"
+            )
         extra[full] = [*extra.get(full, []), *values]
     plans, seen = [], {}
     for name in names:
@@ -350,8 +370,9 @@ def run_all(configs: list[str], out_root, overrides: Sequence[str] = (),
         cfg = load_config(name, own)
         out_dir = Path(out_root) / f"{Path(name).stem}-{cfg.profile}"
         if out_dir in seen:
-            raise ConfigError(f"{seen[out_dir]} and {name} would both train into {out_dir}; bench them "
-                              "with different --runs folders")
+            raise ConfigError(
+                f"{seen[out_dir]} and {name} would both train into {out_dir}; bench them with different --runs folders"
+            )
         seen[out_dir] = name
         plans.append((name, out_dir, own))
     cache: dict = {}
@@ -378,184 +399,9 @@ def pixel_baseline(profile=None, linear: bool = True, datasets=None, epochs: int
         datasets = load_datasets(load_config("cifar10/simclr", profile=name))
     train_set, test_set = datasets
     train_x, test_x = pixel_features(train_set.images, test_set.images)
-    row = {f"knn{k}_top1": knn_accuracy(train_x, train_set.labels, test_x, test_set.labels, k=k)
-           for k in (200, 20)}
+    row = {f"knn{k}_top1": knn_accuracy(train_x, train_set.labels, test_x, test_set.labels, k=k) for k in (200, 20)}
     if linear:
-        row["linear_top1"] = linear_probe(train_x, train_set.labels, test_x, test_set.labels,
-                                          epochs=epochs)["test_top1"]
+        row["linear_top1"] = linear_probe(train_x, train_set.labels, test_x, test_set.labels, epochs=epochs)[
+            "test_top1"
+        ]
     return row
-
-
-# --------------------------------------------------------------------------- results files
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict:
-    """Where and when numbers were measured: date, torch, CPU model, cores, threads, GPU, load."""
-    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-            "python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "loadavg_1min": _loadavg()}
-
-
-def save_results(rows: list[dict], path, **info) -> Path:
-    """Write ``{"environment": ..., **info, "rows": rows}`` as JSON (atomically); returns the path.
-
-    The environment block gives the date, torch version, CPU model, cores, the profile(s) of the
-    rows, and the 1-minute load average at the start (before the first run this bench trained;
-    now if every row was reused) and at the end (now).
-    """
-    env = environment()
-    starts = [r["loadavg_1min"][0] for r in rows if not r.get("reused") and r.get("loadavg_1min")]
-    env["loadavg_1min_start"] = starts[0] if starts else env["loadavg_1min"]
-    env["loadavg_1min_end"] = env.pop("loadavg_1min")
-    profiles = sorted({str(r.get("profile")) for r in rows})
-    env["profile"] = profiles[0] if len(profiles) == 1 else profiles
-    path = Path(path)
-    _write_json(path, {"benchmark": "python -m sslbook bench", "environment": env, **info, "rows": list(rows)})
-    return path
-
-
-def load_results(path) -> list[dict]:
-    """The rows of a file written by :func:`save_results` (one-line :class:`BenchError` if it is not one)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BenchError(f"{path} is not a readable bench results file ({type(e).__name__}: {str(e)[:80]}); "
-                         "write it again with python -m sslbook bench --out " + str(path)) from None
-    rows = data.get("rows") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise BenchError(f"{path} has no list of result rows; write it with python -m sslbook bench --out {path}")
-    return rows
-
-
-def load_environment(path) -> dict:
-    """The environment block of a results file ({} if it has none)."""
-    data = json.loads(Path(path).read_text())
-    return data.get("environment", {}) if isinstance(data, dict) else {}
-
-
-# --------------------------------------------------------------------------- table and figure
-COLUMNS = {  # key: (header, format, numeric)
-    "config": ("config", "{}", False),
-    "method": ("method", "{}", False),
-    "profile": ("profile", "{}", False),
-    "encoder": ("encoder", "{}", False),
-    "budget_minutes": ("budget (min)", "{:g}", True),
-    "batch_size": ("batch", "{:,}", True),
-    "train_minutes": ("training (min)", "{:.1f}", True),
-    "epochs": ("epochs", "{:.1f}", True),
-    "steps": ("steps", "{:,}", True),
-    "images_seen": ("images seen", "{:,}", True),
-    "images_per_s": ("images/s", "{:,.0f}", True),
-    "peak_memory_mb": ("peak memory (MB)", "{:,.0f}", True),
-    "knn200_top1": ("kNN top-1 k=200 (%)", "{:.2f}", True),
-    "knn20_top1": ("kNN top-1 k=20 (%)", "{:.2f}", True),
-    "linear_top1": ("linear top-1 (%)", "{:.2f}", True),
-    "pretext_accuracy": ("pretext accuracy", "{:.3g}", True),
-    "reused": ("reused", "{}", False),
-    "out_dir": ("run folder", "{}", False),
-}
-DEFAULT_COLUMNS = ("config", "train_minutes", "epochs", "images_per_s", "peak_memory_mb", "knn200_top1",
-                   "knn20_top1", "linear_top1")
-
-
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    _, fmt, _ = COLUMNS.get(key, (key, "{}", False))
-    try:
-        text = fmt.format(value)
-    except (ValueError, TypeError):
-        text = str(value)
-    return text.replace("|", "\\|")
-
-
-def results_table(rows: list[dict], columns: Optional[Sequence[str]] = None, baseline: Optional[dict] = None) -> str:
-    """A Markdown table of ``rows`` (show it with ``IPython.display.Markdown``).
-
-    ``columns`` are row keys (default :data:`DEFAULT_COLUMNS`, minus those no row has); a missing
-    value shows as "—". ``baseline``, e.g. ``{"config": "raw pixels", "knn200_top1": 41.3}``, is
-    added as a last row in italics.
-    """
-    everything = list(rows) + ([baseline] if baseline else [])
-    if columns is None:
-        columns = [c for c in DEFAULT_COLUMNS if c == "config" or any(r.get(c) is not None for r in everything)]
-    header = [COLUMNS.get(c, (c, "{}", False))[0] for c in columns]
-    def numeric(c):
-        if c in COLUMNS:
-            return COLUMNS[c][2]
-        values = [r.get(c) for r in everything if r.get(c) is not None]
-        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-    align = ["---:" if numeric(c) else "---" for c in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |")
-    if baseline:
-        cells = [_cell(c, baseline.get(c)) for c in columns]
-        lines.append("| " + " | ".join(f"*{x}*" if x != "—" else x for x in cells) + " |")
-    return "\n".join(lines)
-
-
-def _history(row: dict, metric: str) -> list[tuple[float, int, float]]:
-    """(training minutes, step, metric) of each evaluation in the row's metrics log, final one last."""
-    points = []
-    if row.get("out_dir"):
-        for record in _records(Path(row["out_dir"]) / "metrics.jsonl"):
-            e = record.get("eval") or record.get("final")
-            step = e.get("step", e.get("steps")) if isinstance(e, dict) else None  # the final record has "steps"
-            if step is not None and e.get(metric) is not None and "train_minutes" in e:
-                points.append((e["train_minutes"], step, e[metric]))
-    if not points and metric == "knn200_top1" and row.get("history"):  # a results file without its runs
-        points = [tuple(p) for p in row["history"]]
-    if row.get(metric) is not None and row.get("steps") is not None and not (
-            points and points[-1][1] == row["steps"] and points[-1][2] == row[metric]):
-        points.append((row.get("train_minutes") or 0.0, row["steps"], row[metric]))
-    return points
-
-
-def accuracy_vs_time(rows: list[dict], x: str = "train_minutes", metric: str = "knn200_top1",
-                     baseline: Optional[float] = None, labels: Optional[Sequence[str]] = None):
-    """kNN top-1 (or ``metric``) against training minutes (``x="train_minutes"``) or images seen
-    (``x="images_seen"``): one line per row through its kNN-monitor evaluations (from its run's
-    ``metrics.jsonl``), the final value marked. ``labels`` name the lines (default: the configs'
-    basenames); ``baseline`` draws a dashed line (raw pixels). Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    if x not in ("train_minutes", "images_seen"):
-        raise ValueError(f"x must be 'train_minutes' or 'images_seen', got {x!r}")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    if labels is not None and len(labels) != len(rows):
-        raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
-    for i, row in enumerate(rows):
-        points = _history(row, metric)
-        if not points:
-            continue
-        images_per_step = (row.get("images_seen") or 0) / max(1, row.get("steps") or 1)
-        xs = [m if x == "train_minutes" else s * images_per_step for m, s, _ in points]
-        ys = [v for _, _, v in points]
-        label = labels[i] if labels is not None else Path(str(row.get("config") or row.get("method"))).name
-        line, = ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax.plot(xs[-1], ys[-1], marker="o", markersize=8, color=line.get_color())
-    if baseline is not None:
-        ax.axhline(baseline, color="gray", linestyle="--", label="raw pixels")
-    label = dict(knn200_top1="kNN top-1, k=200 (%)", knn20_top1="kNN top-1, k=20 (%)",
-                 linear_top1="linear top-1 (%)").get(metric, metric)
-    ax.set(xlabel="training minutes" if x == "train_minutes" else "images seen", ylabel=label,
-           title="accuracy on the test set during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -24,11 +24,19 @@ in float32 with autocast switched off (a bfloat16 cube root would cost a few Lab
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
-    "rgb_to_lab", "lab_to_rgb", "denormalize", "normalize_lab", "LAB_CENTER", "LAB_HALF_RANGE",
-    "ab_bins", "soft_encode", "smooth_distribution", "rebalancing_weights", "annealed_mean",
+    "rgb_to_lab",
+    "lab_to_rgb",
+    "denormalize",
+    "normalize_lab",
+    "LAB_CENTER",
+    "LAB_HALF_RANGE",
+    "ab_bins",
+    "soft_encode",
+    "smooth_distribution",
+    "rebalancing_weights",
+    "annealed_mean",
 ]
 
 # --------------------------------------------------------------------------- sRGB <-> Lab
@@ -88,8 +96,7 @@ def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
         white = torch.tensor(WHITE_D65, device=lab.device)
         inverse = torch.linalg.inv(torch.tensor(RGB_TO_XYZ, dtype=torch.float64)).float().to(lab.device)
         linear = torch.einsum("ij,...jhw->...ihw", inverse * white[None, :], xyz)
-        rgb = torch.where(linear <= 0.0031308, 12.92 * linear,
-                          1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+        rgb = torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
         return rgb.clamp(0.0, 1.0) if clip else rgb
 
 
@@ -123,10 +130,26 @@ def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
 # that the (a, b) of an sRGB colour rounds to (261 cells; tests/test_color_cmc.py checks it) and,
 # besides, a ring of cells along the gamut's edge.
 _ZHANG_B_RANGES = {
-    -90: (50, 90), -80: (20, 90), -70: (0, 90), -60: (-20, 90), -50: (-30, 100), -40: (-40, 100),
-    -30: (-50, 100), -20: (-50, 100), -10: (-60, 100), 0: (-70, 100), 10: (-80, 90), 20: (-80, 90),
-    30: (-90, 90), 40: (-100, 90), 50: (-100, 80), 60: (-110, 80), 70: (-110, 80), 80: (-110, 70),
-    90: (-110, 70), 100: (-90, 0),
+    -90: (50, 90),
+    -80: (20, 90),
+    -70: (0, 90),
+    -60: (-20, 90),
+    -50: (-30, 100),
+    -40: (-40, 100),
+    -30: (-50, 100),
+    -20: (-50, 100),
+    -10: (-60, 100),
+    0: (-70, 100),
+    10: (-80, 90),
+    20: (-80, 90),
+    30: (-90, 90),
+    40: (-100, 90),
+    50: (-100, 80),
+    60: (-110, 80),
+    70: (-110, 80),
+    80: (-110, 70),
+    90: (-110, 70),
+    100: (-90, 0),
 }
 
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import yaml
 
-from .profiles import Profile, get_profile
+from .profiles import PROFILES, Profile, get_profile
 
 
 class ConfigError(ValueError):
@@ -34,7 +35,9 @@ class DataConfig:
     train_images: Optional[int] = None  # use a class-balanced subset of this many training images
     test_images: Optional[int] = None  # likewise for the test images of the kNN monitor
     load_size: int = 256  # imagefolder: decode to this square size; the augmentations crop from it
-    crop_size: Optional[int] = None  # side of the (global) training views; default: the images' side, 224 for imagefolder
+    crop_size: Optional[int] = None  # side of the (global) training views; default: the images' side (224: imagefolder)
+    crop_schedule: Optional[list] = None  # progressive resizing: [[0, 16], [0.5, 24], [0.8, 32]] = from this fraction
+    # of the training steps on, views of this side (set at each epoch's start; evaluation stays at crop_size)
     num_workers: int = 8  # imagefolder: decoding processes
     on_device: bool = True  # in-memory datasets: keep the whole uint8 dataset on the GPU
 
@@ -45,6 +48,7 @@ class ModelConfig:
     width: int = 64  # ResNet first-stage channels (64 = standard)
     stem: str = "cifar"  # cifar (3x3, stride 1, no max-pool) | imagenet (7x7, stride 2, max-pool)
     stem_kernel: Optional[int] = None  # ResNet first-conv kernel (odd); None = the stem's own (3 or 7)
+    zero_init_residual: bool = False  # ResNet: start the last BN scale of every residual block at 0 (Goyal et al. 2017)
 
 
 @dataclass
@@ -142,11 +146,35 @@ def _set(obj, key: str, value: Any, where: str = "") -> None:
         return
     if isinstance(value, list) and (annotation is tuple or typing.get_origin(annotation) is tuple):
         value = tuple(value)
+    if _accepts_float(annotation) and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not _type_ok(value, annotation):
         raise ConfigError(f"config key '{where}{key}' must be {_type_name(annotation)}, got {value!r}")
+    if key == "method_args" and obj.__class__ is Config:
+        value = exponent_floats(value)
     setattr(obj, key, value)
+
+
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def exponent_floats(value: Any) -> Any:
+    """``value`` with every string like "1e-3" or "1.0e6" (YAML 1.1 reads them as strings) made a float,
+    in nested dicts and lists too: for ``method_args``, whose types the config cannot know."""
+    if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: exponent_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exponent_floats(v) for v in value]
+    return value
+
+
+def _accepts_float(annotation) -> bool:
+    return annotation is float or (typing.get_origin(annotation) is Union and float in typing.get_args(annotation))
 
 
 def _type_name(annotation) -> str:
@@ -173,15 +201,38 @@ def apply_override(cfg: Config, path: list[str], value: Any) -> None:
         if part == "method_args" and obj is cfg:
             cfg.method_args = dict(cfg.method_args)
             nested = cfg.method_args
-            for sub in path[path.index(part) + 1:-1]:
+            for sub in path[path.index(part) + 1 : -1]:
                 nested = nested.setdefault(sub, {})
-            nested[path[-1]] = value
+            nested[path[-1]] = exponent_floats(value)
             return
         hints = _hints(type(obj))
         if part not in hints or not dataclasses.is_dataclass(getattr(obj, part)):
-            raise _unknown_key(part, [k for k in hints if dataclasses.is_dataclass(getattr(obj, k))] or list(hints), where)
+            sections = [k for k in hints if dataclasses.is_dataclass(getattr(obj, k))]
+            raise _unknown_key(part, sections or list(hints), where)
         obj, where = getattr(obj, part), f"{where}{part}."
     _set(obj, path[-1], value, where)
+
+
+def read_config_file(path: Path, what: str = "config") -> dict:
+    """The mapping a YAML config file holds; bad YAML or anything but a mapping is one ConfigError line."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of {what} keys, not {type(raw).__name__}")
+    return raw
+
+
+def configure(cfg, path: Optional[Path], overrides: Sequence[str], what: str = "config"):
+    """``cfg`` (a config dataclass) with the keys of the YAML file at ``path`` (if any), then the
+    ``key=value`` ``overrides``, set on it: unknown keys and wrong types fail with the key's name."""
+    if path is not None:
+        for key, value in read_config_file(path, what).items():
+            apply_override(cfg, [key], value)
+    for text in overrides:
+        apply_override(cfg, *parse_override(text))
+    return cfg
 
 
 def apply_profile(cfg: Config, profile: Profile) -> None:
@@ -212,9 +263,13 @@ SHIPPED = Path(__file__).resolve().parent / "configs"
 
 def shipped_configs() -> list[str]:
     """Names of the pre-training configs that ship with the package, e.g. "cifar10/simclr"
-    (``detection/`` holds detection configs, read by :func:`sslbook.voc.load_detection_config`)."""
-    return sorted(str(p.relative_to(SHIPPED).with_suffix("")) for p in SHIPPED.rglob("*.yaml")
-                  if p.relative_to(SHIPPED).parts[0] != "detection")
+    (``detection/`` and ``segmentation/`` hold downstream configs, read by
+    :func:`sslbook.voc.load_detection_config` and :func:`sslbook.dense.load_segmentation_config`)."""
+    return sorted(
+        str(p.relative_to(SHIPPED).with_suffix(""))
+        for p in SHIPPED.rglob("*.yaml")
+        if p.relative_to(SHIPPED).parts[0] not in ("detection", "segmentation")
+    )
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -228,28 +283,45 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file {path} does not exist; shipped configs: {', '.join(shipped_configs())}")
 
 
-def cpu_has_native_bf16() -> bool:
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (AVX-512 BF16, AMX) and Arm (FEAT_BF16) names
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bf16 in hardware. oneDNN also *emulates* bf16 on any AVX-512 CPU, where
+    it runs about 2.4x slower than fp32 (measured on this project's Xeon without avx512_bf16), so
+    oneDNN's own answer is not enough: the CPU's feature flags decide where Linux lists them."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
     except (AttributeError, RuntimeError):
         return False
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return True  # no feature list to read (not Linux): trust oneDNN
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & BF16_CPU_FLAGS)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
-                profile: Optional[str] = None) -> Config:
+def load_config(
+    path: Optional[str | Path] = None, overrides: Optional[list[str]] = None, profile: Optional[str] = None
+) -> Config:
     """Defaults <- YAML file (a path or a shipped name like "cifar10/simclr") <- profile <- overrides.
 
-    ``path=None`` gives SimCLR on CIFAR-10.
+    ``path=None`` gives SimCLR on CIFAR-10. A YAML file may also hold per-profile recipes,
+    ``profiles: {cpu: {batch_size: 256, optim: {lr: 0.5}, method_args: {temperature: 0.2}}}``: the
+    chosen profile's entry applies after the profile's shrinking, before the overrides. The config
+    returned (and saved with a run) is the resolved one, without the ``profiles`` key.
     """
-    cfg = Config()
+    cfg, recipes = Config(), {}
     if path is not None:
         path = resolve_config_path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
+        raw = read_config_file(path)
+        recipes = raw.pop("profiles", None) or {}
         for key, value in raw.items():
             _set(cfg, key, value)
     parsed = [parse_override(o) for o in overrides or []]
@@ -258,13 +330,40 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             _set(cfg, "profile", value)
     if profile is not None:
         cfg.profile = profile
-    chosen = get_profile(cfg.profile)
+    try:
+        chosen = get_profile(cfg.profile)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cfg.profile = chosen.name
     apply_profile(cfg, chosen)
+    apply_recipe(cfg, recipes, chosen.name)
     for key_path, value in parsed:
         apply_override(cfg, key_path, value)
     validate(cfg)
     return cfg
+
+
+def apply_recipe(cfg: Config, recipes: Any, profile: str) -> None:
+    """Apply ``recipes[profile]`` (a YAML file's ``profiles:`` entry) with the checks of every key;
+    ``method_args`` are merged into the file's, not replaced."""
+    if not isinstance(recipes, dict) or any(not isinstance(r, dict) for r in recipes.values()):
+        raise ConfigError(
+            "config key 'profiles' must map profile names to mappings of config keys, e.g. "
+            "profiles: {cpu: {batch_size: 256}}"
+        )
+    unknown = [name for name in recipes if name not in PROFILES]
+    if unknown:
+        raise ConfigError(f"config key 'profiles' names unknown profiles {unknown}; valid: {', '.join(PROFILES)}")
+    for key, value in (recipes.get(profile) or {}).items():
+        where = f"profiles.{profile}."
+        if key in ("profile", "profiles"):
+            raise ConfigError(f"config key '{where}{key}' cannot be set inside a profile's recipe")
+        if key == "method_args":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{where}method_args' must be a mapping, got {value!r}")
+            cfg.method_args = {**cfg.method_args, **exponent_floats(value)}
+        else:
+            _set(cfg, key, value, where)
 
 
 CHOICES = {
@@ -277,10 +376,62 @@ CHOICES = {
 }
 
 
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _any(v):
+    return True
+
+
+# (dotted key, lower check, upper check); None (where allowed) is never checked.
+RANGES = [
+    ("optim.lr", _positive, _any),
+    ("optim.lr_batch", _positive, _any),
+    ("optim.momentum", _non_negative, lambda v: v < 1),
+    ("optim.weight_decay", _non_negative, _any),
+    ("optim.warmup_epochs", _non_negative, _any),
+    ("optim.min_lr", _non_negative, lambda v: v <= 1),
+    ("optim.lars_eta", _positive, _any),
+    ("seed", _non_negative, lambda v: v < 2**32),
+    ("batch_size", _positive, _any),
+    ("epochs", _positive, _any),
+    ("max_minutes", _positive, _any),
+    ("max_steps", _positive, _any),
+    ("log_every", _positive, _any),
+    ("eval_every", _non_negative, _any),
+    ("checkpoint_minutes", _positive, _any),
+    ("knn_k", _positive, _any),
+    ("knn_temperature", _positive, _any),
+    ("model.width", _positive, _any),
+    ("data.train_images", _positive, _any),
+    ("data.test_images", _positive, _any),
+    ("data.load_size", _positive, _any),
+    ("data.crop_size", _positive, _any),
+    ("data.num_workers", _non_negative, _any),
+]
+RANGE_TEXT = {key: "positive" for key, low, high in RANGES if low is _positive}
+RANGE_TEXT.update({key: ">= 0" for key, low, high in RANGES if low is _non_negative})
+RANGE_TEXT.update(
+    {"optim.momentum": "in [0, 1)", "optim.min_lr": "in [0, 1] (a fraction of the peak lr)", "seed": "in [0, 2**32)"}
+)
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def validate(cfg: Config) -> None:
     from .methods import check_method_args  # here, not at the top: the methods import this module
 
-    check_method_args(cfg.method, {k: v for k, v in cfg.method_args.items() if k != "num_data"})
+    check_method_args(cfg.method, cfg.method_args)
     for path, choices in CHOICES.items():
         obj = cfg
         for part in path[:-1]:
@@ -290,13 +441,50 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {'.'.join(path)!r} must be one of {', '.join(choices)}, got {value!r}")
     kernel = cfg.model.stem_kernel
     if kernel is not None and (kernel < 1 or kernel % 2 == 0 or not cfg.model.encoder.startswith("resnet")):
-        raise ConfigError(f"config key 'model.stem_kernel' must be a positive odd number (a ResNet's first-conv "
-                          f"kernel, e.g. 7) or null, got {kernel!r} for encoder {cfg.model.encoder}")
-    for key in ("batch_size", "epochs", "log_every"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"config key {key!r} must be positive, got {getattr(cfg, key)}")
+        raise ConfigError(
+            f"config key 'model.stem_kernel' must be a positive odd number (a ResNet's first-conv "
+            f"kernel, e.g. 7) or null, got {kernel!r} for encoder {cfg.model.encoder}"
+        )
+    from .models import ENCODERS
+
+    _check_crop_schedule(cfg)
+    if cfg.model.zero_init_residual and not cfg.model.encoder.startswith("resnet"):
+        raise ConfigError(f"config key 'model.zero_init_residual' needs a ResNet encoder, got {cfg.model.encoder}")
+
+    if cfg.model.encoder not in ENCODERS:
+        raise ConfigError(f"config key 'model.encoder' must be one of {', '.join(ENCODERS)}, got {cfg.model.encoder!r}")
+    for key, low, high in RANGES:
+        value = _get(cfg, key)
+        if value is not None and not (low(value) and high(value)):
+            raise ConfigError(f"config key {key!r} must be {RANGE_TEXT[key]}, got {value!r}")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).suffix:
         raise ConfigError(f"config key 'resume' must be auto, never or a checkpoint path, got {cfg.resume!r}")
+
+
+def _check_crop_schedule(cfg: Config) -> None:
+    schedule = cfg.data.crop_schedule
+    if schedule is None:
+        return
+    example = "e.g. [[0, 16], [0.5, 24], [0.8, 32]]: from this fraction of the training steps on, views of this side"
+    pairs = [tuple(p) for p in schedule if isinstance(p, (list, tuple)) and len(p) == 2]
+    if (
+        not schedule
+        or len(pairs) != len(schedule)
+        or not all(_type_ok(f, float) and 0 <= f < 1 and _type_ok(side, int) and side > 0 for f, side in pairs)
+    ):
+        raise ConfigError(
+            f"config key 'data.crop_schedule' must be a list of [fraction, side] pairs, {example}; got {schedule!r}"
+        )
+    fractions = [f for f, _ in pairs]
+    if fractions[0] != 0 or fractions != sorted(set(fractions)):
+        raise ConfigError(
+            f"config key 'data.crop_schedule' must start at fraction 0 and increase, {example}; got {schedule!r}"
+        )
+    if not isinstance(cfg.augment, str) or not cfg.model.encoder.startswith("resnet"):
+        raise ConfigError(
+            "config key 'data.crop_schedule' needs a named augment recipe and a ResNet encoder (a list "
+            "of views sets its own sizes; a ViT takes one image size)"
+        )
 
 
 def to_dict(cfg: Config) -> dict:

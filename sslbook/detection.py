@@ -21,7 +21,6 @@ Conventions (torchvision's): an image is a float ``[3, H, W]`` tensor in [0, 1];
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict
 from copy import deepcopy
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import gaussian_blur
-from .data import CIFAR10_MEAN, CIFAR10_STD
-from .eval import _private_rng, _restore_flags, _training_flags
+from .data import CIFAR10_MEAN, CIFAR10_STD, labelled_images
+from .supervised import fit
+from .utils import eval_mode
 
 BACKGROUND = "__background__"
 
@@ -74,9 +74,17 @@ def _free_position(canvas: int, side: int, boxes: list, g: torch.Generator):
     return int(x[pick]), int(y[pick])
 
 
-def pasted_objects_dataset(images, labels=None, n: int = 200, canvas: int = 96, objects=(1, 3),
-                           size=(0.25, 0.5), background: str = "blur", classes: Optional[Sequence[str]] = None,
-                           seed: int = 0) -> DetectionDataset:
+def pasted_objects_dataset(
+    images,
+    labels=None,
+    n: int = 200,
+    canvas: int = 96,
+    objects=(1, 3),
+    size=(0.25, 0.5),
+    background: str = "blur",
+    classes: Optional[Sequence[str]] = None,
+    seed: int = 0,
+) -> DetectionDataset:
     """A toy detection set: small images ("objects") pasted onto larger canvases, boxes known.
 
     ``images`` are uint8 ``[N, 3, h, w]`` (or an :class:`~sslbook.data.ImageTensorDataset`, whose
@@ -94,16 +102,10 @@ def pasted_objects_dataset(images, labels=None, n: int = 200, canvas: int = 96, 
     So a box is the whole pasted square (CIFAR images include their own background): the task is
     to find and classify the squares. Everything is drawn from ``seed``.
     """
-    if hasattr(images, "images"):
-        labels = images.labels if labels is None else labels
-        classes = images.classes if classes is None else classes
-        images = images.images
-    if labels is None:
-        raise ValueError("pass labels (or an ImageTensorDataset)")
+    images, labels, classes = labelled_images(images, labels, classes)
     if background not in ("blur", "noise"):
         raise ValueError(f"background must be 'blur' or 'noise', got {background!r}")
     lo_n, hi_n = (objects, objects) if isinstance(objects, int) else objects
-    classes = list(classes) if classes is not None else [str(c) for c in range(int(labels.max()) + 1)]
     g = torch.Generator().manual_seed(seed)
     if background == "blur":
         picks = torch.randint(len(images), (n,), generator=g)
@@ -112,8 +114,9 @@ def pasted_objects_dataset(images, labels=None, n: int = 200, canvas: int = 96, 
         bg = gaussian_blur(bg, torch.full((n,), sigma), 2 * math.ceil(3 * sigma) + 1)
     else:
         grid = max(2, canvas // 8)
-        bg = F.interpolate(torch.rand(n, 3, grid, grid, generator=g), size=(canvas, canvas), mode="bilinear",
-                           align_corners=False)
+        bg = F.interpolate(
+            torch.rand(n, 3, grid, grid, generator=g), size=(canvas, canvas), mode="bilinear", align_corners=False
+        )
     out = bg.clamp(0, 1)
     lo_s, hi_s = max(2, round(size[0] * canvas)), min(canvas, round(size[1] * canvas))
     targets = []
@@ -131,13 +134,22 @@ def pasted_objects_dataset(images, labels=None, n: int = 200, canvas: int = 96, 
                 continue  # no room left for even the smallest size
             x, y = position
             box = (x, y, x + side, y + side)
-            obj = F.interpolate(images[idx:idx + 1].float() / 255, size=(side, side), mode="bilinear",
-                                antialias=True, align_corners=False)
-            out[i, :, y:y + side, x:x + side] = obj[0].clamp(0, 1)
+            obj = F.interpolate(
+                images[idx : idx + 1].float() / 255,
+                size=(side, side),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+            out[i, :, y : y + side, x : x + side] = obj[0].clamp(0, 1)
             boxes.append(box)
             box_labels.append(int(labels[idx]) + 1)
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                        "labels": torch.tensor(box_labels, dtype=torch.int64)})
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(box_labels, dtype=torch.int64),
+            }
+        )
     pixels = (out * 255).round().clamp(0, 255).to(torch.uint8)
     return DetectionDataset(pixels, targets, [BACKGROUND, *classes])
 
@@ -165,8 +177,9 @@ def average_precision(recall: torch.Tensor, precision: torch.Tensor, use_07_metr
     return float(((r[1:] - r[:-1]) * p[1:])[step].sum())
 
 
-def mean_average_precision(predictions: Sequence[dict], targets: Sequence[dict], iou_threshold: float = 0.5,
-                           use_07_metric: bool = False) -> dict:
+def mean_average_precision(
+    predictions: Sequence[dict], targets: Sequence[dict], iou_threshold: float = 0.5, use_07_metric: bool = False
+) -> dict:
     """mAP at an IoU threshold (0.5: PASCAL VOC's AP50), by the VOC devkit's matching rule.
 
     ``predictions[i]``: ``{"boxes" [m, 4], "scores" [m], "labels" [m]}`` for image i (a detector's
@@ -262,11 +275,23 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def fasterrcnn_from_encoder(encoder: nn.Module, num_classes: int, min_size=96, max_size: Optional[int] = None,
-                            kind: str = "c4", anchor_sizes: Optional[Sequence[int]] = None,
-                            aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                            roi_size: int = 14, fpn_channels: int = 256, extra_norm: bool = False,
-                            freeze_bn: bool = False, copy: bool = True, **faster_rcnn_kwargs) -> nn.Module:
+def fasterrcnn_from_encoder(
+    encoder: nn.Module,
+    num_classes: int,
+    min_size=96,
+    max_size: Optional[int] = None,
+    kind: str = "c4",
+    anchor_sizes: Optional[Sequence[int]] = None,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    roi_size: int = 14,
+    fpn_channels: int = 256,
+    extra_norm: bool = False,
+    freeze_bn: bool = False,
+    copy: bool = True,
+    **faster_rcnn_kwargs,
+) -> nn.Module:
     """torchvision's ``FasterRCNN`` (Ren et al. 2015) with our ResNet as backbone.
 
     ``num_classes`` object classes (the model scores ``num_classes + 1``, 0 = background).
@@ -306,9 +331,14 @@ def fasterrcnn_from_encoder(encoder: nn.Module, num_classes: int, min_size=96, m
         anchor_sizes = tuple(anchor_sizes or (16, 32, 64))
         backbone = _C4Backbone(encoder)
         head = _Res5Head(encoder.layer4, encoder.feature_dim, extra_norm)
-        return FasterRCNN(backbone, rpn_anchor_generator=AnchorGenerator((anchor_sizes,), (ratios,)),
-                          box_roi_pool=MultiScaleRoIAlign(["0"], roi_size, sampling_ratio=0), box_head=head,
-                          box_predictor=FastRCNNPredictor(encoder.feature_dim, num_classes + 1), **common)
+        return FasterRCNN(
+            backbone,
+            rpn_anchor_generator=AnchorGenerator((anchor_sizes,), (ratios,)),
+            box_roi_pool=MultiScaleRoIAlign(["0"], roi_size, sampling_ratio=0),
+            box_head=head,
+            box_predictor=FastRCNNPredictor(encoder.feature_dim, num_classes + 1),
+            **common,
+        )
     anchor_sizes = tuple(anchor_sizes or (8, 16, 32, 64, 128))
     if len(anchor_sizes) != 5:
         raise ValueError(f"an FPN has 5 levels (layer1-4 + pool): give 5 anchor sizes, got {anchor_sizes}")
@@ -323,14 +353,15 @@ def _collate(batch):
     return tuple(zip(*batch))
 
 
-def _hflip(image: torch.Tensor, target: dict):
+def hflip_with_boxes(image: torch.Tensor, target: dict):
+    """``image`` [3, H, W] mirrored left-right, with its ``target["boxes"]`` (x0, y0, x1, y1) mirrored too."""
     width = image.shape[-1]
     boxes = target["boxes"].clone()
     boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
     return image.flip(-1), {**target, "boxes": boxes}
 
 
-def _lr_factor(step: int, total: int, warmup: int, warmup_factor: float, milestones: Sequence[float]) -> float:
+def multistep_lr_factor(step: int, total: int, warmup: int, warmup_factor: float, milestones: Sequence[float]) -> float:
     """detectron2's WarmupMultiStepLR: linear warm-up from ``warmup_factor``, x0.1 at each milestone."""
     decay = 0.1 ** sum(step >= m * total for m in milestones)
     if step < warmup:
@@ -339,11 +370,24 @@ def _lr_factor(step: int, total: int, warmup: int, warmup_factor: float, milesto
     return decay
 
 
-def train_detector(model: nn.Module, dataset, epochs: int = 1, steps: Optional[int] = None, batch_size: int = 4,
-                   lr: Optional[float] = None, momentum: float = 0.9, weight_decay: float = 1e-4,
-                   warmup_steps: int = 100, warmup_factor: float = 0.001, milestones: Sequence[float] = (0.75, 11 / 12),
-                   hflip: bool = True, device=None, seed: int = 0, max_minutes: Optional[float] = None,
-                   num_workers: int = 0) -> dict:
+def train_detector(
+    model: nn.Module,
+    dataset,
+    epochs: int = 1,
+    steps: Optional[int] = None,
+    batch_size: int = 4,
+    lr: Optional[float] = None,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    warmup_steps: int = 100,
+    warmup_factor: float = 0.001,
+    milestones: Sequence[float] = (0.75, 11 / 12),
+    hflip: bool = True,
+    device=None,
+    seed: int = 0,
+    max_minutes: Optional[float] = None,
+    num_workers: int = 0,
+) -> dict:
     """Fine-tune a torchvision detector (all layers) on ``dataset`` ((image, target) pairs).
 
     MoCo's VOC schedule, scaled: SGD with momentum, weight decay 1e-4, ``lr`` (default 0.02 x
@@ -355,58 +399,54 @@ def train_detector(model: nn.Module, dataset, epochs: int = 1, steps: Optional[i
     ``max_minutes`` caps the training time: steps 2-4 are timed and the run (schedule included)
     shortened to what fits, and training stops once the budget is spent. The
     loss is the sum of torchvision's four (RPN objectness and box regression, box classifier and
-    regression). Randomness comes from ``seed`` (forked RNG). Trains ``model`` in place (on
-    ``device``, default: its own) and returns ``{"model", "history"}``: per step ``loss``, the four
-    parts, ``lr`` and ``minutes``.
+    regression). Randomness comes from ``seed`` (forked RNG). The loop is the package's one
+    supervised loop, :func:`sslbook.supervised.fit`, with this schedule and a per-step log. Trains
+    ``model`` in place (on ``device``, default: its own) and returns ``{"model", "history"}``: per
+    step ``loss``, the four parts, ``lr`` and ``minutes``. A non-finite loss stops training with a
+    ``FloatingPointError`` (lower the learning rate).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
     batch_size = max(1, min(batch_size, len(dataset)))
     per_epoch = math.ceil(len(dataset) / batch_size)
     total = steps if steps is not None else epochs * per_epoch
     lr = lr if lr is not None else 0.02 * batch_size / 16
-    warmup = min(warmup_steps, total // 10)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    history, start = [], time.perf_counter()
-    with _private_rng(device):
-        torch.manual_seed(seed)
-        g = torch.Generator().manual_seed(seed)
-        model.train()
-        step = 0
-        while step < total:
-            order = torch.randperm(len(dataset), generator=g).split(batch_size)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=[b.tolist() for b in order],
-                                                 collate_fn=_collate, num_workers=num_workers)
-            for images, targets in loader:
-                if step >= total:
-                    break
-                flips = torch.rand(len(images), generator=g) < 0.5 if hflip else torch.zeros(len(images), dtype=torch.bool)
-                pairs = [_hflip(im, t) if f else (im, t) for im, t, f in zip(images, targets, flips.tolist())]
-                images = [im.to(device) for im, _ in pairs]
-                targets = [{k: v.to(device) for k, v in t.items()} for _, t in pairs]
-                for group in opt.param_groups:
-                    group["lr"] = lr * _lr_factor(step, total, warmup, warmup_factor, milestones)
-                losses = model(images, targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"detection loss is {loss.item()} at step {step}; lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                minutes = (time.perf_counter() - start) / 60
-                history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                                "lr": opt.param_groups[0]["lr"], "minutes": minutes})
-                if max_minutes is not None and step == 1:
-                    after_first = time.perf_counter()  # the first step pays one-off costs: time 2-4
-                if max_minutes is not None and step == 4 < total:
-                    # Re-plan the run (warm-up and lr steps included) to what fits in the budget.
-                    per_step = (time.perf_counter() - after_first) / 3
-                    total = min(total, max(4, int(max_minutes * 60 / per_step)))
-                    warmup = min(warmup_steps, total // 10)
-                if max_minutes is not None and minutes >= max_minutes:
-                    step = total
+    g = torch.Generator().manual_seed(seed)
+
+    def batches(epoch: int):
+        order = torch.randperm(len(dataset), generator=g).split(batch_size)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=[b.tolist() for b in order], collate_fn=_collate, num_workers=num_workers
+        )
+        for images, targets in loader:
+            flips = torch.rand(len(images), generator=g) < 0.5 if hflip else torch.zeros(len(images), dtype=torch.bool)
+            pairs = [hflip_with_boxes(im, t) if f else (im, t) for im, t, f in zip(images, targets, flips.tolist())]
+            yield [im.to(device) for im, _ in pairs], [{k: v.to(device) for k, v in t.items()} for _, t in pairs]
+
+    def loss_fn(model: nn.Module, batch) -> dict:
+        losses = model(*batch)  # torchvision's four losses
+        return {"loss": sum(losses.values()), **losses}
+
+    def schedule(step: int, total_steps: int) -> float:  # the warm-up is re-sized with the run
+        return multistep_lr_factor(step, total_steps, min(warmup_steps, total_steps // 10), warmup_factor, milestones)
+
+    history = []
+    fit(
+        model,
+        batches,
+        loss_fn,
+        epochs=math.ceil(total / per_epoch),
+        max_steps=total,
+        steps_per_epoch=per_epoch,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        max_minutes=max_minutes,
+        device=device,
+        seed=seed,
+        log=lambda record: history.append({k: v for k, v in record.items() if k != "epoch"}),
+        log_every="step",
+    )
     model.eval()
     return {"model": model, "history": history}
 
@@ -414,32 +454,38 @@ def train_detector(model: nn.Module, dataset, epochs: int = 1, steps: Optional[i
 @torch.no_grad()
 def _detect(model: nn.Module, dataset, batch_size: int, device, min_size: Optional[int], keep_targets: bool):
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    flags = _training_flags(model)
     old_size = model.transform.min_size
-    model.eval()
     if min_size is not None:
         model.transform.min_size = (int(min_size),)
     outputs, targets = [], []
     try:
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            outputs += [{k: v.cpu() for k, v in out.items()} for out in model([im.to(device) for im, _ in items])]
-            targets += [t for _, t in items] if keep_targets else []
+        with eval_mode(model):
+            for start in range(0, len(dataset), batch_size):
+                items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                outputs += [{k: v.cpu() for k, v in out.items()} for out in model([im.to(device) for im, _ in items])]
+                targets += [t for _, t in items] if keep_targets else []
     finally:
         model.transform.min_size = old_size
-        _restore_flags(flags)
     return outputs, targets
 
 
-def predict_detections(model: nn.Module, dataset, batch_size: int = 8, device=None,
-                       min_size: Optional[int] = None) -> list:
+def predict_detections(
+    model: nn.Module, dataset, batch_size: int = 8, device=None, min_size: Optional[int] = None
+) -> list:
     """The detector's outputs (``boxes``, ``scores``, ``labels`` on the CPU) for every image of
     ``dataset``, in eval mode (flags restored); ``min_size`` overrides the test scale for this call."""
     return _detect(model, dataset, batch_size, device, min_size, keep_targets=False)[0]
 
 
-def evaluate_detector(model: nn.Module, dataset, batch_size: int = 8, device=None, iou_threshold: float = 0.5,
-                      use_07_metric: bool = False, min_size: Optional[int] = None) -> dict:
+def evaluate_detector(
+    model: nn.Module,
+    dataset,
+    batch_size: int = 8,
+    device=None,
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = False,
+    min_size: Optional[int] = None,
+) -> dict:
     """AP50 of a detector on ``dataset``: ``{"map50": mAP in %, "ap50": {class name: AP in %}}``.
 
     Predictions as :func:`predict_detections`, scored by :func:`mean_average_precision` (in %, as
@@ -448,12 +494,21 @@ def evaluate_detector(model: nn.Module, dataset, batch_size: int = 8, device=Non
     predictions, targets = _detect(model, dataset, batch_size, device, min_size, keep_targets=True)
     result = mean_average_precision(predictions, targets, iou_threshold, use_07_metric)
     classes = getattr(dataset, "classes", None)
-    return {"map50": 100.0 * result["map"],
-            "ap50": {(classes[c] if classes else c): 100.0 * v for c, v in result["ap"].items()}}
+    return {
+        "map50": 100.0 * result["map"],
+        "ap50": {(classes[c] if classes else c): 100.0 * v for c, v in result["ap"].items()},
+    }
 
 
-def show_detections(images, targets=None, predictions=None, classes=None, score_threshold: float = 0.5,
-                    ncols: int = 4, size: float = 2.6):
+def show_detections(
+    images,
+    targets=None,
+    predictions=None,
+    classes=None,
+    score_threshold: float = 0.5,
+    ncols: int = 4,
+    size: float = 2.6,
+):
     """Images with ground-truth boxes (dashed white) and predictions above ``score_threshold``
     (coloured, with class and score); ``images`` a list of float [3, H, W] or a dataset. Returns the figure."""
     import matplotlib.pyplot as plt
@@ -471,7 +526,7 @@ def show_detections(images, targets=None, predictions=None, classes=None, score_
         if i >= len(images):
             continue
         ax.imshow(images[i].detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
-        for box in (targets[i]["boxes"] if targets is not None else []):
+        for box in targets[i]["boxes"] if targets is not None else []:
             x1, y1, x2, y2 = box.tolist()
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", ls="--", lw=1.2))
         if predictions is not None:
@@ -483,7 +538,14 @@ def show_detections(images, targets=None, predictions=None, classes=None, score_
                 colour = cmap(int(label) % 10)
                 ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.8))
                 name = classes[int(label)] if classes else str(int(label))
-                ax.text(x1, y1, f"{name} {score:.2f}", color="white", fontsize=6, va="bottom",
-                        bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+                ax.text(
+                    x1,
+                    y1,
+                    f"{name} {score:.2f}",
+                    color="white",
+                    fontsize=6,
+                    va="bottom",
+                    bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0),
+                )
     fig.tight_layout()
     return fig

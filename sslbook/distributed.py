@@ -62,7 +62,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.clone()  # all_reduce works in place; never touch autograd's buffer
         dist.all_reduce(grad)
         n = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+        return grad[dist.get_rank() * n : (dist.get_rank() + 1) * n]
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -85,6 +85,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor)
     return tensor
+
+
+def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all processes (a new tensor; the identity on one process).
+
+    A collective: the trainer calls it at logging points, so the logged loss is the global batch's.
+    """
+    if not is_distributed():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def any_process(flag: bool, device=None) -> bool:

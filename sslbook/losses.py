@@ -165,9 +165,7 @@ def estimate_log_normaliser(negative_logits: Tensor, num_data: int) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def info_nce_logits(
-    query: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 0.07
-) -> Tensor:
+def info_nce_logits(query: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 0.07) -> Tensor:
     """The ``[N, 1+K]`` logits of MoCo's InfoNCE, positive first (see :func:`info_nce`).
 
     logits[n] = [q_n . k+_n, q_n . k_1, ..., q_n . k_K] / T
@@ -187,9 +185,7 @@ def info_nce_logits(
     return torch.cat([positive_logits, negative_logits], dim=1) / temperature
 
 
-def info_nce(
-    query: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 0.07
-) -> Tensor:
+def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 0.07) -> Tensor:
     """MoCo's InfoNCE loss: pick the positive key out of 1 + K keys.
 
     Paper: He, Fan, Wu, Xie & Girshick (2020), "Momentum Contrast for Unsupervised Visual
@@ -378,8 +374,10 @@ def cpc_info_nce(predictions: Tensor, targets: Tensor, positives: Optional[Tenso
     logits = predictions @ targets.T  # [M, N]
     if positives is None:
         if predictions.shape[0] != targets.shape[0]:
-            raise ValueError(f"{predictions.shape[0]} predictions but {targets.shape[0]} targets: pass positives= "
-                             "to score predictions against a larger candidate set")
+            raise ValueError(
+                f"{predictions.shape[0]} predictions but {targets.shape[0]} targets: pass positives= "
+                "to score predictions against a larger candidate set"
+            )
         positives = torch.arange(logits.shape[0], device=logits.device)  # the diagonal holds the positives
     return F.cross_entropy(logits, positives.to(logits.device))
 
@@ -462,9 +460,7 @@ def negative_cosine(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
     return -F.cosine_similarity(p, z, dim=1).mean()
 
 
-def simsiam_loss(
-    p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, stop_gradient: bool = True
-) -> Tensor:
+def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, stop_gradient: bool = True) -> Tensor:
     """SimSiam's symmetrised loss: L = D(p1, z2) / 2 + D(p2, z1) / 2.
 
     Paper: Chen & He (2021), Eqs. 2-3 and Algorithm 1. D is :func:`negative_cosine`.
@@ -477,9 +473,7 @@ def simsiam_loss(
     Returns:
         Scalar loss in [-1, 1].
     """
-    return (
-        negative_cosine(p1, z2, stop_gradient) / 2 + negative_cosine(p2, z1, stop_gradient) / 2
-    )
+    return negative_cosine(p1, z2, stop_gradient) / 2 + negative_cosine(p2, z1, stop_gradient) / 2
 
 
 @torch.no_grad()
@@ -587,17 +581,15 @@ def sinkhorn(
         row_sums = q.sum(dim=1, keepdim=True)  # mass of each prototype, over all samples
         if all_reduce is not None:
             all_reduce(row_sums)
-        q = q / row_sums / num_prototypes
+        q /= row_sums * num_prototypes  # Q / row_sums / K, in one pass over Q
         col_sums = q.sum(dim=0, keepdim=True)  # mass of each sample (local)
-        q = q / col_sums / batch_size
+        q /= col_sums * batch_size
 
     codes = (q * batch_size).T  # [B, K]; each row is a probability vector
     return codes.to(input_dtype)
 
 
-def swav_loss(
-    scores: Sequence[Tensor], codes: Sequence[Tensor], temperature: float = 0.1
-) -> Tensor:
+def swav_loss(scores: Sequence[Tensor], codes: Sequence[Tensor], temperature: float = 0.1) -> Tensor:
     """SwAV's swapped-prediction loss over several crops.
 
     Paper: Caron et al. (2020), Eqs. 1-2 and Section 3.2 (multi-crop).
@@ -628,16 +620,15 @@ def swav_loss(
     """
     if not 1 <= len(codes) <= len(scores) or len(scores) < 2:
         raise ValueError(
-            f"need at least 2 crops and 1..{len(scores)} target crops, "
-            f"got {len(scores)} crops and {len(codes)} codes"
+            f"need at least 2 crops and 1..{len(scores)} target crops, got {len(scores)} crops and {len(codes)} codes"
         )
+    log_p = [F.log_softmax(scores_v / temperature, dim=1) for scores_v in scores]  # once per crop
     pair_losses = []
     for t, q_t in enumerate(codes):
         q_t = q_t.detach()
-        for v, scores_v in enumerate(scores):
+        for v, log_p_v in enumerate(log_p):
             if v == t:
                 continue
-            log_p_v = F.log_softmax(scores_v / temperature, dim=1)
             pair_losses.append(-(q_t * log_p_v).sum(dim=1).mean())
     return torch.stack(pair_losses).mean()
 

@@ -31,13 +31,29 @@ from einops import rearrange
 # the ImageNet stem at width 64 a torchvision state dict (minus ``fc``) loads into ours as is.
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that runs a strided convolution of a 1x1 input with stride 1.
+
+    The result is the same (on a 1x1 map only the centre tap meets the input, and the output is
+    1x1 either way), but it avoids a CPU bug: in bf16 with channels_last, the weight gradient of a
+    strided convolution of a 1x1 input comes out wrong or non-finite in most calls (torch 2.14,
+    oneDNN; measured for the blocks of layer4 on 4 px inputs, as jigsaw tiles and CPC patches of
+    16 px test images give).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != (1, 1) and x.shape[-2:] == (1, 1):
+            return F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+        return super().forward(x)
+
+
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     # No bias: every conv is followed by BatchNorm, whose shift would cancel it.
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+    return Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
+    return Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> Optional[nn.Module]:
@@ -209,8 +225,7 @@ def resnet(
     if depth not in RESNET_CONFIGS:
         raise ValueError(f"depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
     block, layers = RESNET_CONFIGS[depth]
-    return ResNet(block, layers, stem=stem, width=width, stem_kernel=stem_kernel,
-                  zero_init_residual=zero_init_residual)
+    return ResNet(block, layers, stem=stem, width=width, stem_kernel=stem_kernel, zero_init_residual=zero_init_residual)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,8 +366,9 @@ def vit_tiny(
     mlp_ratio: float = 4.0,
 ) -> VisionTransformer:
     """ViT-Tiny's width (192, 3 heads of 64) at half its depth (6 blocks) for 32 px images."""
-    return VisionTransformer(img_size=img_size, patch_size=patch_size, dim=dim, depth=depth,
-                             heads=heads, mlp_ratio=mlp_ratio)
+    return VisionTransformer(
+        img_size=img_size, patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +404,14 @@ def with_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
         raise ValueError(f"with_input_channels needs a ResNet (an encoder with a conv1), got {type(encoder).__name__}")
     if old.in_channels == channels:
         return encoder
-    new = nn.Conv2d(channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
-                    padding=old.padding, bias=old.bias is not None).to(old.weight.device)
+    new = nn.Conv2d(
+        channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        bias=old.bias is not None,
+    ).to(old.weight.device)
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
     encoder.conv1 = new
     return encoder
@@ -442,8 +464,7 @@ def linear_projector(in_dim: int, out_dim: int = 128) -> nn.Sequential:
     return mlp(in_dim, in_dim, out_dim, num_layers=1)
 
 
-def simclr_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128,
-                     last_bn: bool = False) -> nn.Sequential:
+def simclr_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, last_bn: bool = False) -> nn.Sequential:
     """SimCLR's g(.): Linear-BN-ReLU-Linear (Chen et al., ICML 2020).
 
     Paper: "we use a MLP with one hidden layer to obtain z_i = g(h_i) = W2 sigma(W1 h_i) where
@@ -478,8 +499,7 @@ def byol_predictor(dim: int = 256, hidden_dim: int = 4096) -> nn.Sequential:
     return mlp(dim, hidden_dim, dim, num_layers=2, hidden_bn=True, last_bn=False)
 
 
-def simsiam_projector(in_dim: int, dim: int = 2048, hidden_dim: int = 2048,
-                      num_layers: int = 3) -> nn.Sequential:
+def simsiam_projector(in_dim: int, dim: int = 2048, hidden_dim: int = 2048, num_layers: int = 3) -> nn.Sequential:
     """SimSiam's projection MLP: 3 layers, BN on every layer, output BN without affine.
 
     Paper (Chen & He, CVPR 2021): "The projection MLP (in f) has BN applied to each
@@ -487,8 +507,7 @@ def simsiam_projector(in_dim: int, dim: int = 2048, hidden_dim: int = 2048,
     fc is 2048-d. This MLP has 3 layers." In the official code the output BN has
     ``affine=False`` and no Linear has a bias (each is followed by BN).
     """
-    return mlp(in_dim, hidden_dim, dim, num_layers=num_layers, hidden_bn=True,
-               last_bn=True, last_bn_affine=False)
+    return mlp(in_dim, hidden_dim, dim, num_layers=num_layers, hidden_bn=True, last_bn=True, last_bn_affine=False)
 
 
 def simsiam_predictor(dim: int = 2048, pred_dim: int = 512) -> nn.Sequential:

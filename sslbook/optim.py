@@ -5,6 +5,8 @@
 - Biases and normalisation parameters get no weight decay and no LARS adaptation, as the papers do.
 - The schedule is a pure function of the step: linear warm-up then cosine decay, so a checkpoint
   needs only the step counter to resume it exactly.
+- A method may put some parameters in groups of their own (``Method.param_groups``): a fixed
+  learning rate (SimSiam's predictor), a scaled one, or another weight decay.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                                      lars_exclude=False))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -45,8 +46,9 @@ class LARS(torch.optim.Optimizer):
                     grad = grad.add(p, alpha=group["weight_decay"])
                 if not group["lars_exclude"]:
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
+                    )
                     grad = grad.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -69,8 +71,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     A parameter is "bias or norm" when it is one-dimensional: biases, BatchNorm/LayerNorm scales
     and shifts. (ViT position embeddings and class tokens are excluded as well, as in DINO.)
     """
+    return _split(model.named_parameters(), weight_decay, exclude_bias_and_norm)
+
+
+def _split(named_parameters, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in named_parameters:
         if not p.requires_grad:
             continue
         if exclude_bias_and_norm and (p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))):
@@ -83,6 +89,39 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     return groups
 
 
+GROUP_SETTINGS = ("fixed_lr", "lr_scale", "weight_decay")  # what a method's param_groups() may set
+
+
+def method_parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> list[dict]:
+    """:func:`parameter_groups` for the parameters a method leaves to the config, then the same split of
+    each group the method asks for (``model.param_groups()``, see :class:`sslbook.methods.base.Method`),
+    with that group's settings: ``fixed_lr`` (the lr stays at the peak: no warm-up, no decay), ``lr_scale``
+    (a factor on the lr) and ``weight_decay``.
+    """
+    special = model.param_groups() if hasattr(model, "param_groups") else []
+    names = {id(p): name for name, p in model.named_parameters()}
+    claimed = {id(p) for group in special for p in group["params"]}
+    groups = _split(
+        [(n, p) for n, p in model.named_parameters() if id(p) not in claimed], weight_decay, exclude_bias_and_norm
+    )
+    for group in special:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        unknown = set(settings) - set(GROUP_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown parameter-group settings {sorted(unknown)}; valid: {', '.join(GROUP_SETTINGS)}")
+        decay = settings.pop("weight_decay", weight_decay)
+        own = _split([(names[id(p)], p) for p in group["params"]], decay, exclude_bias_and_norm)
+        groups += [{**g, **settings} for g in own]
+    return [g for g in groups if g["params"]]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:
+    """Give every parameter group the scheduled ``lr``, except ``fixed_lr`` groups (``peak``), each times its
+    ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = (peak if group.get("fixed_lr") else lr) * group.get("lr_scale", 1.0)
+
+
 def peak_lr(cfg: OptimConfig, batch_size: int) -> float:
     """The learning rate after warm-up: ``cfg.lr`` scaled to the global batch size."""
     ratio = batch_size / cfg.lr_batch
@@ -90,8 +129,10 @@ def peak_lr(cfg: OptimConfig, batch_size: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    groups = method_parameter_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
     lr = peak_lr(cfg, batch_size)
+    for g in groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars_exclude", None)
@@ -105,8 +146,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
     raise ValueError(f"unknown optimiser {cfg.name!r}; use sgd, adamw or lars")
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str = "cosine",
-          min_lr: float = 0.0) -> float:
+def lr_at(
+    step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str = "cosine", min_lr: float = 0.0
+) -> float:
     """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine decay to ``min_lr * peak``."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
@@ -117,8 +159,9 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule:
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def layer_trust_ratios(model: nn.Module, loss: torch.Tensor, weight_decay: float = 1e-6,
-                       eta: float = 0.001) -> list[dict]:
+def layer_trust_ratios(
+    model: nn.Module, loss: torch.Tensor, weight_decay: float = 1e-6, eta: float = 0.001
+) -> list[dict]:
     """LARS's view of a model: per weight tensor, ||w||, ||g + wd w|| and the trust ratio.
 
     Back-propagates ``loss`` once (the gradients are cleared again afterwards, so nothing is left
@@ -139,9 +182,15 @@ def layer_trust_ratios(model: nn.Module, loss: torch.Tensor, weight_decay: float
             if p.grad is None or p.ndim <= 1:
                 continue
             g = p.grad + weight_decay * p.detach()
-            rows.append({"name": name, "weight_norm": float(p.detach().norm()), "grad_norm": float(g.norm()),
-                         "ratio": trust_ratio(p.detach(), p.grad, weight_decay, eta),
-                         "update_ratio": float(g.norm() / p.detach().norm().clamp(min=1e-12))})
+            rows.append(
+                {
+                    "name": name,
+                    "weight_norm": float(p.detach().norm()),
+                    "grad_norm": float(g.norm()),
+                    "ratio": trust_ratio(p.detach(), p.grad, weight_decay, eta),
+                    "update_ratio": float(g.norm() / p.detach().norm().clamp(min=1e-12)),
+                }
+            )
     finally:
         for p in model.parameters():
             p.grad = None

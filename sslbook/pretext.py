@@ -31,9 +31,19 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["jigsaw_tiles", "default_tile", "rotate_batch", "hamming_permutation_set", "hamming_distances",
-           "jigsaw_puzzle", "standardize_tiles", "patch_grid", "relative_patch_pairs", "NEIGHBOURS",
-           "NEIGHBOUR_CELLS"]
+__all__ = [
+    "jigsaw_tiles",
+    "default_tile",
+    "rotate_batch",
+    "hamming_permutation_set",
+    "hamming_distances",
+    "jigsaw_puzzle",
+    "standardize_tiles",
+    "patch_grid",
+    "relative_patch_pairs",
+    "NEIGHBOURS",
+    "NEIGHBOUR_CELLS",
+]
 
 # Noroozi & Favaro (2016) and PIRL cut a 255 px crop into a 3x3 grid of 85 px cells and take a
 # 64 px tile at a random position inside each cell: the tile covers 64/85 of its cell's side.
@@ -97,8 +107,9 @@ def jigsaw_tiles(
         perm = torch.rand(B, n, device=device).argsort(dim=1)  # a uniform random permutation per image
     else:
         perm = torch.as_tensor(permutations, device=device).long()
-        if perm.shape != (B, n) or not torch.equal(perm.sort(dim=1).values,
-                                                    torch.arange(n, device=device).expand(B, n)):
+        if perm.shape != (B, n) or not torch.equal(
+            perm.sort(dim=1).values, torch.arange(n, device=device).expand(B, n)
+        ):
             raise ValueError(f"permutations must be [B={B}, {n}] rows that each permute 0..{n - 1}")
     # Offsets inside each cell, uniform in [0, cell - tile]: drawn for every slot even when there is
     # no room to move (then they are all 0), so the amount of randomness used never varies.
@@ -209,8 +220,7 @@ def _greedy_permutations(n_permutations: int, n: int, seed: int, selection: str)
     return candidates[chosen].long()
 
 
-def hamming_permutation_set(n_permutations: int, grid: int = 3, seed: int = 0,
-                            selection: str = "mean") -> torch.Tensor:
+def hamming_permutation_set(n_permutations: int, grid: int = 3, seed: int = 0, selection: str = "mean") -> torch.Tensor:
     """A fixed set of jigsaw permutations that are far apart in Hamming distance.
 
     Paper: Noroozi & Favaro (2016), "Unsupervised Learning of Visual Representations by Solving
@@ -384,15 +394,21 @@ def patch_grid(
         raise ValueError(f"expected images of shape [B, C, H, W], got {tuple(images.shape)}")
     B, C, H, W = images.shape
     if patch < 1 or jitter < 0 or gap < 2 * jitter:
-        raise ValueError(f"need patch >= 1, jitter >= 0 and gap >= 2 * jitter (else jittered patches can "
-                         f"overlap), got patch={patch}, gap={gap}, jitter={jitter}")
+        raise ValueError(
+            f"need patch >= 1, jitter >= 0 and gap >= 2 * jitter (else jittered patches can "
+            f"overlap), got patch={patch}, gap={gap}, jitter={jitter}"
+        )
     extent = 3 * patch + 2 * gap + 2 * jitter
     if extent > min(H, W):
-        raise ValueError(f"a grid of 3 x {patch} px patches with {gap} px gaps and {jitter} px jitter needs "
-                         f"{extent} px, the images are {H}x{W}")
+        raise ValueError(
+            f"a grid of 3 x {patch} px patches with {gap} px gaps and {jitter} px jitter needs "
+            f"{extent} px, the images are {H}x{W}"
+        )
     device = images.device
-    origin = torch.stack([torch.randint(0, H - extent + 1, (B,), device=device),
-                          torch.randint(0, W - extent + 1, (B,), device=device)], dim=1)  # [B, 2]
+    origin = torch.stack(
+        [torch.randint(0, H - extent + 1, (B,), device=device), torch.randint(0, W - extent + 1, (B,), device=device)],
+        dim=1,
+    )  # [B, 2]
     shake = torch.randint(-jitter, jitter + 1, (B, 9, 2), device=device)
     gray = torch.rand(B, 9, device=device) < gray_p  # drawn even when gray_p = 0: the same RNG use always
 

@@ -86,13 +86,11 @@ PROFILES = {
 
 def get_profile(name: Optional[str] = None) -> Profile:
     """The profile named by ``name``, else by ``$SSLBOOK_PROFILE``, else ``gpu`` if CUDA is there."""
+    source = "profile" if name else ENV_VAR
     name = name or os.environ.get(ENV_VAR) or ("gpu" if torch.cuda.is_available() else "cpu")
-    name = name.strip().lower()
-    if name not in PROFILES:
-        raise ValueError(
-            f"unknown profile {name!r}: set {ENV_VAR} to one of {', '.join(PROFILES)}"
-        )
-    return PROFILES[name]
+    if name.strip().lower() not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (from {source}): set {source} to one of {', '.join(PROFILES)}")
+    return PROFILES[name.strip().lower()]
 
 
 def with_overrides(profile: Profile, **changes) -> Profile:

@@ -37,8 +37,6 @@ same labelled subset (labels only) and with fine-tuning a pre-trained encoder.
 
 from __future__ import annotations
 
-import math
-import time
 from copy import deepcopy
 from typing import Optional
 
@@ -46,11 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import utils
 from .augment import Augment, ViewSpec
 from .data import ImageTensorDataset
-from .eval import _feature_dim, _num_classes, _private_rng, _top1, fit_epochs_to_budget, predict
+from .eval import predict
 from .losses import batch_hard_triplet_loss
 from .pretext import NUM_ROTATIONS, rotate_batch
+from .supervised import fit
+from .utils import fork_rng, module_device, top1
 
 SELF_SUPERVISED = ("rotation", "exemplar")
 
@@ -84,13 +85,20 @@ class S4L(nn.Module):
     "accuracy"}`` (accuracy: of the class head on the labelled batch, in [0, 1]; detached).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, self_supervised: str = "rotation",
-                 weight: float = 1.0, embed_dim: int = 128, feature_dim: Optional[int] = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        self_supervised: str = "rotation",
+        weight: float = 1.0,
+        embed_dim: int = 128,
+        feature_dim: Optional[int] = None,
+    ):
         super().__init__()
         if self_supervised not in SELF_SUPERVISED:
             raise ValueError(f"self_supervised must be one of {SELF_SUPERVISED}, got {self_supervised!r}")
         self.self_supervised, self.weight = self_supervised, weight
-        dim = feature_dim or _feature_dim(encoder, 32, next(encoder.parameters()).device)
+        dim = feature_dim or utils.feature_dim(encoder, 32)
         self.encoder = encoder
         self.head = nn.Linear(dim, num_classes)  # the classifier that is evaluated
         self.aux_head = nn.Linear(dim, NUM_ROTATIONS if self_supervised == "rotation" else embed_dim)
@@ -103,29 +111,65 @@ class S4L(nn.Module):
             x_l, rot_l, y = rotation_views(labelled, labels)
             x_u, rot_u, _ = rotation_views(unlabelled)
             h = self.encoder(torch.cat([x_l, x_u]))  # one pass: BatchNorm sees both batches
-            h_l, h_u = h[:len(x_l)], h[len(x_l):]
+            h_l, h_u = h[: len(x_l)], h[len(x_l) :]
             self_loss = 0.5 * (F.cross_entropy(self.aux_head(h_u), rot_u) + F.cross_entropy(self.aux_head(h_l), rot_l))
         else:
             (b_l, n_l), (b_u, n_u) = labelled.shape[:2], unlabelled.shape[:2]
             x_l, x_u = labelled.flatten(0, 1), unlabelled.flatten(0, 1)  # row i*copies + j = copy j of image i
             y = labels.repeat_interleave(n_l)
             h = self.encoder(torch.cat([x_l, x_u]))
-            h_l, h_u = h[:len(x_l)], h[len(x_l):]
+            h_l, h_u = h[: len(x_l)], h[len(x_l) :]
             e_l, e_u = F.normalize(self.aux_head(h_l), dim=1), F.normalize(self.aux_head(h_u), dim=1)
-            self_loss = 0.5 * (batch_hard_triplet_loss(e_u, exemplar_identities(b_u, n_u, e_u.device))
-                               + batch_hard_triplet_loss(e_l, exemplar_identities(b_l, n_l, e_l.device)))
+            self_loss = 0.5 * (
+                batch_hard_triplet_loss(e_u, exemplar_identities(b_u, n_u, e_u.device))
+                + batch_hard_triplet_loss(e_l, exemplar_identities(b_l, n_l, e_l.device))
+            )
         logits = self.head(h_l)
         supervised = F.cross_entropy(logits, y)
-        return {"loss": supervised + self.weight * self_loss, "supervised": supervised.detach(),
-                "self_supervised": self_loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean().detach()}
+        return {
+            "loss": supervised + self.weight * self_loss,
+            "supervised": supervised.detach(),
+            "self_supervised": self_loss.detach(),
+            "accuracy": (logits.argmax(1) == y).float().mean().detach(),
+        }
 
 
 # --------------------------------------------------------------------------- training
-def s4l_train(encoder: nn.Module, labelled: ImageTensorDataset, unlabelled: ImageTensorDataset,
-              test: ImageTensorDataset, self_supervised: str = "rotation", weight: float = 1.0,
-              epochs: int = 10, lr: float = 0.05, batch_size: int = 64, weight_decay: float = 5e-4,
-              copies: int = 4, embed_dim: int = 128, device=None, seed: int = 0,
-              max_minutes: Optional[float] = None, copy: bool = True, eval_every: Optional[int] = None) -> dict:
+def s4l_views(self_supervised: str, size: int, mean, std, copies: int = 4):
+    """The function that augments a batch for S4L: one view (rotation; the four turns come later) or
+    ``copies`` views stacked as ``[B, copies, 3, H, W]`` (exemplar)."""
+    if self_supervised == "rotation":
+        augment = Augment([ViewSpec(size=size, scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0, mean=mean, std=std)])
+    else:
+        view = ViewSpec(size=size, scale=(0.2, 1.0), jitter_p=0.8, gray_p=0.0, mean=mean, std=std)
+        augment = Augment([view] * copies)
+
+    def views(images: torch.Tensor) -> torch.Tensor:
+        out = augment(images)
+        return out[0] if self_supervised == "rotation" else torch.stack(out, dim=1)
+
+    return views
+
+
+def s4l_train(
+    encoder: nn.Module,
+    labelled: ImageTensorDataset,
+    unlabelled: ImageTensorDataset,
+    test: ImageTensorDataset,
+    self_supervised: str = "rotation",
+    weight: float = 1.0,
+    epochs: int = 10,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    weight_decay: float = 5e-4,
+    copies: int = 4,
+    embed_dim: int = 128,
+    device=None,
+    seed: int = 0,
+    max_minutes: Optional[float] = None,
+    copy: bool = True,
+    eval_every: Optional[int] = None,
+) -> dict:
     """Train an encoder with S4L on ``labelled`` + ``unlabelled`` images and report test top-1.
 
     Each step takes ``batch_size`` labelled and ``batch_size`` unlabelled images (the paper's equal
@@ -152,33 +196,29 @@ def s4l_train(encoder: nn.Module, labelled: ImageTensorDataset, unlabelled: Imag
     """
     if self_supervised not in SELF_SUPERVISED:
         raise ValueError(f"self_supervised must be one of {SELF_SUPERVISED}, got {self_supervised!r}")
-    if device is None:
-        params = list(encoder.parameters())
-        device = params[0].device if params else torch.device("cpu")
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else module_device(encoder)
     size = labelled.images.shape[-1]
     mean, std = tuple(labelled.mean), tuple(labelled.std)
-    if self_supervised == "rotation":
-        augment = Augment([ViewSpec(size=size, scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0, mean=mean, std=std)])
-    else:
-        augment = Augment([ViewSpec(size=size, scale=(0.2, 1.0), jitter_p=0.8, gray_p=0.0, mean=mean, std=std)
-                           for _ in range(copies)])
-
-    def views(images: torch.Tensor) -> torch.Tensor:
-        out = augment(images)
-        return out[0] if self_supervised == "rotation" else torch.stack(out, dim=1)  # [B, copies, 3, H, W]
-
+    views = s4l_views(self_supervised, size, mean, std, copies)
     batch_size = max(2, min(batch_size, len(unlabelled)))
     labelled_batch = max(2, min(batch_size, len(labelled)))
     steps_per_epoch = max(1, len(unlabelled) // batch_size)  # drop the last partial batch
 
-    with _private_rng(device):
+    def evaluate(model: nn.Module, dataset: ImageTensorDataset) -> float:
+        return top1(predict(model, dataset, device=device, mean=mean, std=std, size=size), dataset.labels)
+
+    with fork_rng(device):
         torch.manual_seed(seed)
         backbone = deepcopy(encoder) if copy else encoder
         backbone.to(device)
-        model = S4L(backbone, _num_classes(labelled), self_supervised, weight, embed_dim,
-                    _feature_dim(backbone, size, device)).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        model = S4L(
+            backbone,
+            labelled.num_classes,
+            self_supervised,
+            weight,
+            embed_dim,
+            utils.feature_dim(backbone, size, device),
+        ).to(device)
         g = torch.Generator().manual_seed(seed)
         labelled_order = torch.zeros(0, dtype=torch.long)
 
@@ -189,40 +229,37 @@ def s4l_train(encoder: nn.Module, labelled: ImageTensorDataset, unlabelled: Imag
             idx, labelled_order = labelled_order[:labelled_batch], labelled_order[labelled_batch:]
             return idx
 
-        def evaluate(dataset: ImageTensorDataset) -> float:
-            return _top1(predict(model, dataset, device=device, mean=mean, std=std, size=size), dataset.labels)
-
-        history, total_epochs, train_seconds, epoch = [], epochs, 0.0, 0
-        while epoch < total_epochs:
-            start = time.perf_counter()
-            model.train()
-            total_steps = total_epochs * steps_per_epoch
-            sums = {k: torch.zeros((), device=device) for k in ("loss", "supervised", "self_supervised", "accuracy")}
+        def batches(epoch: int):
             order = torch.randperm(len(unlabelled), generator=g)
             for b in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + b
-                for group in opt.param_groups:  # cosine from lr to 0 over the planned steps
-                    group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total_steps))
-                idx_l, idx_u = next_labelled(), order[b * batch_size:(b + 1) * batch_size]
-                out = model.loss(views(labelled.images[idx_l].to(device)), labelled.labels[idx_l].to(device),
-                                 views(unlabelled.images[idx_u].to(device)))
-                opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                opt.step()
-                for k in sums:
-                    sums[k] += out[k].detach()
-            epoch += 1
-            train_seconds += time.perf_counter() - start
-            minutes = train_seconds / 60
-            record = {k: (v / steps_per_epoch).item() for k, v in sums.items()}
-            record["train_top1"] = 100.0 * record.pop("accuracy")
-            record.update(epoch=epoch, lr=opt.param_groups[0]["lr"], minutes=minutes)
-            if eval_every and epoch % eval_every == 0:
-                record["test_top1"] = evaluate(test)
-            history.append(record)
-            total_epochs, out_of_time = fit_epochs_to_budget(total_epochs, epoch, minutes, max_minutes)
-            if out_of_time:
-                break
+                idx_l, idx_u = next_labelled(), order[b * batch_size : (b + 1) * batch_size]
+                yield (
+                    views(labelled.images[idx_l].to(device)),
+                    labelled.labels[idx_l].to(device),
+                    views(unlabelled.images[idx_u].to(device)),
+                )
+
+        def loss_fn(model: S4L, batch) -> dict:
+            return model.loss(*batch)
+
+        history = []
+
+        def log(record: dict) -> None:
+            entry = {k: record[k] for k in ("loss", "supervised", "self_supervised")}
+            entry.update(
+                train_top1=100.0 * record["accuracy"], epoch=record["epoch"], lr=record["lr"], minutes=record["minutes"]
+            )
+            if eval_every and record["epoch"] % eval_every == 0:
+                entry["test_top1"] = evaluate(model, test)
+            history.append(entry)
+
+        optimisation = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=0.9, max_minutes=max_minutes)
+        fit(model, batches, loss_fn, **optimisation, device=device, seed=None, log=log, steps_per_epoch=steps_per_epoch)
 
     model.eval()
-    return {"train_top1": evaluate(labelled), "test_top1": evaluate(test), "history": history, "model": model}
+    return {
+        "train_top1": evaluate(model, labelled),
+        "test_top1": evaluate(model, test),
+        "history": history,
+        "model": model,
+    }

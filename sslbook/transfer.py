@@ -39,17 +39,28 @@ def transfer_digits(size: int = 32, test_fraction: float = 0.3, seed: int = 0):
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     images = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target).long()
-    train_idx, test_idx = train_test_split(torch.arange(len(labels)).numpy(), test_size=test_fraction,
-                                           stratify=labels.numpy(), random_state=seed)
+    train_idx, test_idx = train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=test_fraction, stratify=labels.numpy(), random_state=seed
+    )
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     mean, std = channel_stats(images[train_idx])
-    return (ImageTensorDataset(images[train_idx], labels[train_idx], DIGIT_CLASSES, "digits-train", mean, std),
-            ImageTensorDataset(images[test_idx], labels[test_idx], DIGIT_CLASSES, "digits-test", mean, std))
+    return (
+        ImageTensorDataset(images[train_idx], labels[train_idx], DIGIT_CLASSES, "digits-train", mean, std),
+        ImageTensorDataset(images[test_idx], labels[test_idx], DIGIT_CLASSES, "digits-test", mean, std),
+    )
 
 
-def transfer_eval(encoder: Callable, train: ImageTensorDataset, test: ImageTensorDataset, mean=CIFAR10_MEAN,
-                  std=CIFAR10_STD, k: int = 20, linear_epochs: int = 100, seed: int = 0,
-                  device: Optional[torch.device] = None) -> dict:
+def transfer_eval(
+    encoder: Callable,
+    train: ImageTensorDataset,
+    test: ImageTensorDataset,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    k: int = 20,
+    linear_epochs: int = 100,
+    seed: int = 0,
+    device: Optional[torch.device] = None,
+) -> dict:
     """A frozen encoder on another data set: ``{"knn_top1", "linear_top1"}`` (%).
 
     Features are extracted once (eval mode, no augmentation) with the images standardised by
@@ -62,8 +73,9 @@ def transfer_eval(encoder: Callable, train: ImageTensorDataset, test: ImageTenso
     test_x = extract_features(encoder, test.images, mean, std, device=device)
     num_classes = max(int(train.labels.max()), int(test.labels.max())) + 1
     knn = knn_accuracy(train_x, train.labels, test_x, test.labels, k=k, num_classes=num_classes)
-    linear = linear_probe(train_x, train.labels, test_x, test.labels, epochs=linear_epochs, seed=seed,
-                          num_classes=num_classes)["test_top1"]
+    linear = linear_probe(
+        train_x, train.labels, test_x, test.labels, epochs=linear_epochs, seed=seed, num_classes=num_classes
+    )["test_top1"]
     return {"knn_top1": knn, "linear_top1": linear}
 
 
@@ -80,10 +92,15 @@ def resize_images(dataset: ImageTensorDataset, size: int) -> ImageTensorDataset:
     """
     if dataset.images.shape[-1] == size and dataset.images.shape[-2] == size:
         return dataset
-    x = F.interpolate(dataset.images.float(), size=(size, size), mode="bilinear", antialias=True,
-                      align_corners=False)
-    return ImageTensorDataset(x.round().clamp(0, 255).to(torch.uint8), dataset.labels, dataset.classes,
-                              dataset.name, dataset.mean, dataset.std)
+    x = F.interpolate(dataset.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return ImageTensorDataset(
+        x.round().clamp(0, 255).to(torch.uint8),
+        dataset.labels,
+        dataset.classes,
+        dataset.name,
+        dataset.mean,
+        dataset.std,
+    )
 
 
 def transfer_datasets(name: str, size: int = 32, root=None, download: bool = False):

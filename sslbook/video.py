@@ -45,9 +45,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 # ---------------------------------------------------------------------------------------------
 
 
-def camera_paths(batch: int, height: int, width: int, frames: int = 4, scale: Sequence[float] = (0.3, 0.8),
-                 zoom: float = 1.5, pan: float = 0.5, device=None,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def camera_paths(
+    batch: int,
+    height: int,
+    width: int,
+    frames: int = 4,
+    scale: Sequence[float] = (0.3, 0.8),
+    zoom: float = 1.5,
+    pan: float = 0.5,
+    device=None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """The crop boxes of ``batch`` random camera paths over a ``height`` x ``width`` image.
 
     Rule, per path (all crops are square, s = min(height, width)):
@@ -83,8 +91,13 @@ def camera_paths(batch: int, height: int, width: int, frames: int = 4, scale: Se
         return lo + (hi - lo) * torch.rand(batch, device=device, generator=generator)
 
     area, log_zoom, theta, distance, where_y, where_x = (
-        uniform(*scale), uniform(-math.log(zoom), math.log(zoom)), uniform(0.0, 2 * math.pi),
-        uniform(0.0, pan * side), uniform(0.0, 1.0), uniform(0.0, 1.0))
+        uniform(*scale),
+        uniform(-math.log(zoom), math.log(zoom)),
+        uniform(0.0, 2 * math.pi),
+        uniform(0.0, pan * side),
+        uniform(0.0, 1.0),
+        uniform(0.0, 1.0),
+    )
     first = side * area.sqrt()
     last = (first * log_zoom.exp()).clamp(max=side)
     travel = torch.stack([distance * theta.sin(), distance * theta.cos()], dim=1)  # [B, 2] (dy, dx)
@@ -105,9 +118,16 @@ def camera_paths(batch: int, height: int, width: int, frames: int = 4, scale: Se
     return torch.cat([corners, sides[..., None], sides[..., None]], dim=2).float()
 
 
-def camera_clips(images: torch.Tensor, frames: int = 4, size: Optional[int] = None,
-                 scale: Sequence[float] = (0.3, 0.8), zoom: float = 1.5, pan: float = 0.5,
-                 generator: Optional[torch.Generator] = None, return_boxes: bool = False):
+def camera_clips(
+    images: torch.Tensor,
+    frames: int = 4,
+    size: Optional[int] = None,
+    scale: Sequence[float] = (0.3, 0.8),
+    zoom: float = 1.5,
+    pan: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+    return_boxes: bool = False,
+):
     """Synthetic video: a clip of ``frames`` crops along a random camera path over each image.
 
     A stand-in for real video (see the module docstring): the frames of a clip are crops of the
@@ -170,8 +190,9 @@ class ClipFolder:
     Items: ``folder[i] -> (clip uint8 [T, 3, size, size], label)``; :meth:`sample` draws a batch.
     """
 
-    def __init__(self, root, frames: int = 4, size: int = 64, step: int = 1,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+    def __init__(
+        self, root, frames: int = 4, size: int = 64, step: int = 1, extensions: Sequence[str] = IMAGE_EXTENSIONS
+    ):
         if frames < 1 or step < 1 or size < 1:
             raise ValueError(f"need frames, step and size >= 1, got frames={frames}, step={step}, size={size}")
         self.root = Path(root).expanduser()
@@ -179,19 +200,25 @@ class ClipFolder:
         self.extensions = tuple(e.lower() for e in extensions)
         layout = "<video>/frame_0001.jpg or root/<class>/<video>/frame_0001.jpg"
         if not self.root.is_dir():
-            raise DatasetNotFoundError(f"ClipFolder: {self.root} is not a folder; point root at the extracted "
-                                       f"frames, laid out as root/{layout}")
+            raise DatasetNotFoundError(
+                f"ClipFolder: {self.root} is not a folder; point root at the extracted "
+                f"frames, laid out as root/{layout}"
+            )
         videos, labels, classes = [], [], []
         for entry in _visible(self.root):
             if not entry.is_dir():
-                raise DatasetFormatError(f"ClipFolder: {entry} is a file directly under root; frames must sit in "
-                                         f"one folder per video (root/{layout}): move it")
+                raise DatasetFormatError(
+                    f"ClipFolder: {entry} is a file directly under root; frames must sit in "
+                    f"one folder per video (root/{layout}): move it"
+                )
             children = _visible(entry)
             folders = [c for c in children if c.is_dir()]
             if folders and len(folders) < len(children):
                 stray = next(c for c in children if not c.is_dir())
-                raise DatasetFormatError(f"ClipFolder: {entry} holds both folders and files (e.g. {stray}); a class "
-                                         "folder holds only video folders, a video folder only frames: move it")
+                raise DatasetFormatError(
+                    f"ClipFolder: {entry} holds both folders and files (e.g. {stray}); a class "
+                    "folder holds only video folders, a video folder only frames: move it"
+                )
             if folders:  # a class folder
                 classes.append(entry.name)
                 for video in children:
@@ -204,22 +231,31 @@ class ClipFolder:
             raise DatasetNotFoundError(f"ClipFolder: no videos under {self.root}; expected root/{layout}")
         if classes and -1 in labels:
             flat = videos[labels.index(-1)]
-            raise DatasetFormatError(f"ClipFolder: {self.root} mixes class folders and video folders (e.g. {flat}); "
-                                     f"use one layout: root/{layout}")
+            raise DatasetFormatError(
+                f"ClipFolder: {self.root} mixes class folders and video folders (e.g. {flat}); "
+                f"use one layout: root/{layout}"
+            )
         needed = (frames - 1) * step + 1
         self.videos, self.frame_files = videos, []
         for video in videos:
             files = _visible(video)
             for f in files:
                 if f.is_dir():
-                    raise DatasetFormatError(f"ClipFolder: {f} is a folder inside the video folder {video}; a video "
-                                             "folder holds only its frames (move it out)")
+                    raise DatasetFormatError(
+                        f"ClipFolder: {f} is a folder inside the video folder {video}; a video "
+                        "folder holds only its frames (move it out)"
+                    )
                 if f.suffix.lower() not in self.extensions:
-                    raise DatasetFormatError(f"ClipFolder: {f} is not an image file (frames must end in "
-                                             f"{', '.join(self.extensions)}); move it out of {video}")
+                    raise DatasetFormatError(
+                        f"ClipFolder: {f} is not an image file (frames must end in "
+                        f"{', '.join(self.extensions)}); move it out of {video}"
+                    )
             if len(files) < needed:
-                raise DatasetFormatError(f"ClipFolder: video {video} has {len(files)} frames, a clip of {frames} frames "
-                                         f"{step} apart needs {needed}; lower frames or step, or remove that video")
+                raise DatasetFormatError(
+                    f"ClipFolder: video {video} has {len(files)} frames, a clip of {frames} "
+                    f"frames {step} apart needs {needed}; lower frames or step, or remove "
+                    "that video"
+                )
             self.frame_files.append(files)
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.classes = classes
@@ -240,22 +276,22 @@ class ClipFolder:
                 img = img.convert("RGB")
                 w, h = img.size
                 ratio = self.size / min(w, h)
-                img = img.resize((max(self.size, round(w * ratio)), max(self.size, round(h * ratio))),
-                                 Image.BILINEAR)
+                img = img.resize((max(self.size, round(w * ratio)), max(self.size, round(h * ratio))), Image.BILINEAR)
                 w, h = img.size
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 img = img.crop((left, top, left + self.size, top + self.size))
                 array = np.asarray(img, dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DatasetFormatError(f"ClipFolder: cannot read frame {path} ({type(e).__name__}); re-extract it "
-                                     "or delete it") from None
+            raise DatasetFormatError(
+                f"ClipFolder: cannot read frame {path} ({type(e).__name__}); re-extract it or delete it"
+            ) from None
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
     def clip(self, i: int, start: int) -> torch.Tensor:
         """Frames ``start, start + step, ...`` of video ``i``: uint8 ``[T, 3, size, size]``."""
         if not 0 <= start < self.num_starts(i):
             raise IndexError(f"video {self.videos[i]} has clip starts 0..{self.num_starts(i) - 1}, got {start}")
-        files = self.frame_files[i][start:start + (self.frames - 1) * self.step + 1:self.step]
+        files = self.frame_files[i][start : start + (self.frames - 1) * self.step + 1 : self.step]
         return torch.stack([self.read_frame(f) for f in files])
 
     def __getitem__(self, i: int):
@@ -280,13 +316,25 @@ class ClipFolder:
         return clips, self.labels[index], index
 
     def __repr__(self) -> str:
-        return (f"ClipFolder({str(self.root)!r}, videos={len(self)}, classes={len(self.classes)}, "
-                f"frames={self.frames}, step={self.step}, size={self.size})")
+        return (
+            f"ClipFolder({str(self.root)!r}, videos={len(self)}, classes={len(self.classes)}, "
+            f"frames={self.frames}, step={self.step}, size={self.size})"
+        )
 
 
-def train_on_clips(method, folder: ClipFolder, steps: int = 100, batch_size: int = 16, lr: float = 0.05,
-                   clips_per_video: int = 2, mean=IMAGENET_MEAN, std=IMAGENET_STD, weight_decay: float = 5e-4,
-                   seed: int = 0, device=None) -> list[dict]:
+def train_on_clips(
+    method,
+    folder: ClipFolder,
+    steps: int = 100,
+    batch_size: int = 16,
+    lr: float = 0.05,
+    clips_per_video: int = 2,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    device=None,
+) -> list[dict]:
     """Train ``method`` on real clips for ``steps`` SGD steps; returns one record per step.
 
     The minimal loop, for a method whose ``forward`` accepts clips (views of shape ``[B, T, 3, H,
@@ -309,6 +357,11 @@ def train_on_clips(method, folder: ClipFolder, steps: int = 100, batch_size: int
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
-        records.append({"step": step, "loss": float(out["loss"].detach()),
-                        **{k: float(v) for k, v in out.items() if k not in ("loss", "z")}})
+        records.append(
+            {
+                "step": step,
+                "loss": float(out["loss"].detach()),
+                **{k: float(v) for k, v in out.items() if k not in ("loss", "z")},
+            }
+        )
     return records

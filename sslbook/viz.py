@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .eval import _restore_flags, _training_flags, normalize_images
+from .eval import normalize_images
+from .utils import eval_mode
 
 
 def to_display(images: torch.Tensor, mean=None, std=None) -> torch.Tensor:
@@ -33,13 +34,21 @@ def to_display(images: torch.Tensor, mean=None, std=None) -> torch.Tensor:
     return x.clamp(0, 1).permute(0, 2, 3, 1)
 
 
-def image_grid(images: torch.Tensor, titles: Optional[Sequence[str]] = None, ncols: int = 8, size: float = 1.3,
-               mean=None, std=None, suptitle: Optional[str] = None):
+def image_grid(
+    images: torch.Tensor,
+    titles: Optional[Sequence[str]] = None,
+    ncols: int = 8,
+    size: float = 1.3,
+    mean=None,
+    std=None,
+    suptitle: Optional[str] = None,
+):
     """Show a batch of images in a grid; returns the figure."""
     x = to_display(images, mean, std)
     nrows = -(-len(x) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * (1.15 if titles else 1)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * size, nrows * size * (1.15 if titles else 1)), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(x):
@@ -113,7 +122,7 @@ def _mosaic(tiles: torch.Tensor, ncols: int, pad: int = 1, fill: float = 1.0) ->
     out = torch.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), fill)
     for i in range(n):
         r, col = divmod(i, ncols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = tiles[i]
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = tiles[i]
     return out
 
 
@@ -145,8 +154,9 @@ def stem_filters(encoder: nn.Module) -> torch.Tensor:
     return (w - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def first_layer_filters(encoder: nn.Module, max_filters: int = 64, ncols: Optional[int] = None,
-                        title: Optional[str] = None, ax=None):
+def first_layer_filters(
+    encoder: nn.Module, max_filters: int = 64, ncols: Optional[int] = None, title: Optional[str] = None, ax=None
+):
     """The first layer's filters as a grid of small RGB images (:func:`stem_filters`); returns the figure.
 
     Why the kernel size matters: a filter can only show a pattern as large as itself. A 3x3 filter
@@ -196,22 +206,30 @@ def capture_activations(model, images: torch.Tensor, layers: Sequence[str], mean
     module = _module_of(model)
     targets = {name: _resolve_layer(module, name) for name in layers}
     out, handles = {}, []
-    flags = _training_flags(module)
-    try:
-        for name, layer in targets.items():
-            handles.append(layer.register_forward_hook(
-                lambda _m, _inp, output, name=name: out.__setitem__(name, _first(output).detach().float().cpu())))
-        module.eval()
-        model(_as_input(images, mean, std, _device_of(module)))
-    finally:
-        for h in handles:
-            h.remove()
-        _restore_flags(flags)
+    with eval_mode(module):
+        try:
+            for name, layer in targets.items():
+                handles.append(
+                    layer.register_forward_hook(
+                        lambda _m, _inp, output, name=name: out.__setitem__(name, _first(output).detach().float().cpu())
+                    )
+                )
+            model(_as_input(images, mean, std, _device_of(module)))
+        finally:
+            for h in handles:
+                h.remove()
     return out
 
 
-def feature_maps(encoder, images: torch.Tensor, layers: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
-                 channels: int = 4, mean=None, std=None, size: float = 1.2):
+def feature_maps(
+    encoder,
+    images: torch.Tensor,
+    layers: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
+    channels: int = 4,
+    mean=None,
+    std=None,
+    size: float = 1.2,
+):
     """What each stage of an encoder responds to: per image, the input and ``channels`` feature maps per layer.
 
     The maps come from forward hooks (:func:`capture_activations`: hooks removed, modes restored).
@@ -243,8 +261,9 @@ def feature_maps(encoder, images: torch.Tensor, layers: Sequence[str] = ("layer1
 
 # --------------------------------------------------------------------------- ViT attention
 @torch.no_grad()
-def cls_attention(vit: nn.Module, images: torch.Tensor, mean=None, std=None, layer: int = -1,
-                  upsample: bool = True) -> torch.Tensor:
+def cls_attention(
+    vit: nn.Module, images: torch.Tensor, mean=None, std=None, layer: int = -1, upsample: bool = True
+) -> torch.Tensor:
     """Where the class token looks: attention of CLS to every patch in block ``layer``, per head.
 
     Read from the model's own ``attention_maps`` (the softmax weights its forward pass used), row 0
@@ -253,12 +272,8 @@ def cls_attention(vit: nn.Module, images: torch.Tensor, mean=None, std=None, lay
     are the attention weights themselves: over the grid they sum to 1 minus CLS's attention to itself.
     The model runs in eval mode and its flags are put back.
     """
-    flags = _training_flags(vit)
-    vit.eval()
-    try:
+    with eval_mode(vit):
         attn = vit.attention_maps(_as_input(images, mean, std, _device_of(vit)), layer=layer).cpu()
-    finally:
-        _restore_flags(flags)
     g = vit.grid_size
     maps = attn[:, :, 0, 1:].reshape(attn.shape[0], attn.shape[1], g, g)
     if upsample:
@@ -266,8 +281,7 @@ def cls_attention(vit: nn.Module, images: torch.Tensor, mean=None, std=None, lay
     return maps
 
 
-def vit_attention_maps(vit: nn.Module, images: torch.Tensor, mean=None, std=None, layer: int = -1,
-                       size: float = 1.4):
+def vit_attention_maps(vit: nn.Module, images: torch.Tensor, mean=None, std=None, layer: int = -1, size: float = 1.4):
     """DINO-style picture of a ViT's last-block attention: per image, the input, the class token's
     attention to the patches for each head, and their average, upsampled to the image (Caron et al.
     2021 show that self-supervised ViTs' CLS attention outlines the object). Each map is shown on its
@@ -294,8 +308,7 @@ def vit_attention_maps(vit: nn.Module, images: torch.Tensor, mean=None, std=None
 
 
 # --------------------------------------------------------------------------- Grad-CAM
-def grad_cam(model: nn.Module, images: torch.Tensor, target_layer, class_idx=None, mean=None,
-             std=None) -> torch.Tensor:
+def grad_cam(model: nn.Module, images: torch.Tensor, target_layer, class_idx=None, mean=None, std=None) -> torch.Tensor:
     """Grad-CAM heatmaps ``[B, H, W]`` in [0, 1] (Selvaraju et al. 2017, "Grad-CAM: Visual
     Explanations from Deep Networks via Gradient-based Localization").
 
@@ -319,12 +332,10 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_layer, class_idx=Non
         stash["a"] = output
         return output.clone()  # later in-place ops (ReLU(inplace=True)) change the clone, not A
 
-    flags = _training_flags(module)
     handle = layer.register_forward_hook(keep)
     try:
-        module.eval()
-        x = _as_input(images, mean, std, _device_of(module)).requires_grad_(True)
-        with torch.enable_grad():
+        with eval_mode(module), torch.enable_grad():
+            x = _as_input(images, mean, std, _device_of(module)).requires_grad_(True)
             scores = model(x)
             if class_idx is None:
                 target = scores.argmax(1)
@@ -332,10 +343,9 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_layer, class_idx=Non
                 target = torch.as_tensor(class_idx, device=scores.device).long().expand(len(scores))
             chosen = scores.gather(1, target[:, None]).sum()
             acts = stash["a"]
-            grads, = torch.autograd.grad(chosen, acts)
+            (grads,) = torch.autograd.grad(chosen, acts)
     finally:
         handle.remove()
-        _restore_flags(flags)
     weights = grads.mean((2, 3), keepdim=True)  # alpha_k^c
     cam = F.relu((weights * acts).sum(1, keepdim=True)).detach()
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -343,20 +353,23 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_layer, class_idx=Non
     return (cam / peak.clamp_min(1e-12)).clamp(0, 1).cpu()
 
 
-def grad_cam_figure(model: nn.Module, images: torch.Tensor, target_layer, class_idx=None, mean=None, std=None,
-                    classes: Optional[Sequence[str]] = None, size: float = 1.5):
+def grad_cam_figure(
+    model: nn.Module,
+    images: torch.Tensor,
+    target_layer,
+    class_idx=None,
+    mean=None,
+    std=None,
+    classes: Optional[Sequence[str]] = None,
+    size: float = 1.5,
+):
     """Images (top row) and their Grad-CAM heatmaps over them (bottom row), titled with the class
     explained (the predicted one unless ``class_idx`` is given). Returns the figure."""
     maps = grad_cam(model, images, target_layer, class_idx, mean, std)
     module = _module_of(model)
     if class_idx is None:
-        flags = _training_flags(module)
-        module.eval()
-        try:
-            with torch.no_grad():
-                explained = model(_as_input(images, mean, std, _device_of(module))).argmax(1).cpu()
-        finally:
-            _restore_flags(flags)
+        with eval_mode(module), torch.no_grad():
+            explained = model(_as_input(images, mean, std, _device_of(module))).argmax(1).cpu()
     else:
         explained = torch.as_tensor(class_idx).long().expand(len(images))
     x = to_display(images, mean, std).numpy()
@@ -382,9 +395,16 @@ def _frame(ax, color: str, width: float = 3.0) -> None:
         spine.set_linewidth(width)
 
 
-def retrieval_grid(query_images: torch.Tensor, gallery_images: torch.Tensor, indices: torch.Tensor,
-                   query_labels: torch.Tensor, gallery_labels: torch.Tensor, classes: Sequence[str],
-                   row_labels: Optional[Sequence[str]] = None, size: float = 1.2):
+def retrieval_grid(
+    query_images: torch.Tensor,
+    gallery_images: torch.Tensor,
+    indices: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    classes: Sequence[str],
+    row_labels: Optional[Sequence[str]] = None,
+    size: float = 1.2,
+):
     """One row per query: the query, then its K nearest gallery images (``indices`` [Q, K], e.g. from
     :func:`sslbook.eval.retrieve`), most similar first. A neighbour of the query's class is framed
     green, one of another class red and titled with its class. Returns the figure.
@@ -413,8 +433,15 @@ def retrieval_grid(query_images: torch.Tensor, gallery_images: torch.Tensor, ind
     return fig
 
 
-def retrieval_picker(query_images: torch.Tensor, gallery_images: torch.Tensor, features: dict,
-                     query_labels: torch.Tensor, gallery_labels: torch.Tensor, classes: Sequence[str], k: int = 8):
+def retrieval_picker(
+    query_images: torch.Tensor,
+    gallery_images: torch.Tensor,
+    features: dict,
+    query_labels: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    classes: Sequence[str],
+    k: int = 8,
+):
     """An ipywidgets picker: choose a query (slider) and see its ``k`` nearest gallery images under
     each representation in ``features`` ({label: (query_features, gallery_features)}), one row per
     representation (cosine similarity, :func:`sslbook.eval.retrieve`). Returns the widget (display it
@@ -432,9 +459,15 @@ def retrieval_picker(query_images: torch.Tensor, gallery_images: torch.Tensor, f
     def show(i: int) -> None:
         names = list(neighbours)
         index = torch.stack([neighbours[n][i] for n in names])
-        fig = retrieval_grid(query_images[[i] * len(names)], gallery_images, index,
-                             query_labels[[i] * len(names)], gallery_labels, classes,
-                             row_labels=[f"{n}: {classes[int(query_labels[i])]}" for n in names])
+        fig = retrieval_grid(
+            query_images[[i] * len(names)],
+            gallery_images,
+            index,
+            query_labels[[i] * len(names)],
+            gallery_labels,
+            classes,
+            row_labels=[f"{n}: {classes[int(query_labels[i])]}" for n in names],
+        )
         out.clear_output(wait=True)
         with out:
             display(fig)
@@ -446,8 +479,9 @@ def retrieval_picker(query_images: torch.Tensor, gallery_images: torch.Tensor, f
 
 
 # --------------------------------------------------------------------------- embedding maps
-def embed_2d(features: torch.Tensor, method: str = "tsne", seed: int = 0, max_points: int = 2000,
-             perplexity: float = 30.0):
+def embed_2d(
+    features: torch.Tensor, method: str = "tsne", seed: int = 0, max_points: int = 2000, perplexity: float = 30.0
+):
     """2-D coordinates of (a seeded subsample of at most ``max_points``) features: ``(coords [n, 2], index [n])``.
 
     ``method="tsne"``: scikit-learn's t-SNE (van der Maaten & Hinton 2008) after a PCA to 50
@@ -470,8 +504,16 @@ def embed_2d(features: torch.Tensor, method: str = "tsne", seed: int = 0, max_po
     return torch.from_numpy(tsne.fit_transform(x)).float(), index
 
 
-def embedding_map(features: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], method: str = "tsne",
-                  seed: int = 0, max_points: int = 2000, title: Optional[str] = None, ax=None):
+def embedding_map(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    method: str = "tsne",
+    seed: int = 0,
+    max_points: int = 2000,
+    title: Optional[str] = None,
+    ax=None,
+):
     """Features in 2-D (:func:`embed_2d`), one colour per class; returns the figure.
 
     A picture, not a measurement: t-SNE keeps neighbourhoods but not distances between clusters or

@@ -26,16 +26,35 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import yaml
 from torch import nn
 
-from .config import SHIPPED, ConfigError, _set, parse_override
+from .config import SHIPPED, ConfigError, configure
 from .data import IMAGENET_MEAN, IMAGENET_STD, data_root
 from .detection import BACKGROUND, fasterrcnn_from_encoder
 from .models import build_encoder
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 @dataclass
@@ -57,7 +76,9 @@ class DetectionConfig:
     computed). Load with :func:`load_detection_config` to change fields with ``key=value`` overrides.
     """
 
-    paper: str = "He et al. 2020 (MoCo), Sec. 4.2; facebookresearch/moco detection/configs/pascal_voc_R_50_C4_24k_moco.yaml"
+    paper: str = (
+        "He et al. 2020 (MoCo), Sec. 4.2; facebookresearch/moco detection/configs/pascal_voc_R_50_C4_24k_moco.yaml"
+    )
     # data: torchvision VOCDetection under <root>/VOCdevkit/VOC<year>
     root: Optional[str] = None  # default $SSLBOOK_DATA
     train_sets: list = field(default_factory=lambda: [["2007", "trainval"], ["2012", "trainval"]])
@@ -96,9 +117,16 @@ class DetectionConfig:
 
     def train_kwargs(self) -> dict:
         """Keyword arguments of :func:`sslbook.detection.train_detector` for this config."""
-        return dict(steps=self.max_iter, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-                    weight_decay=self.weight_decay, warmup_steps=self.warmup_iters, warmup_factor=self.warmup_factor,
-                    milestones=tuple(s / self.max_iter for s in self.steps))
+        return dict(
+            steps=self.max_iter,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_iters,
+            warmup_factor=self.warmup_factor,
+            milestones=tuple(s / self.max_iter for s in self.steps),
+        )
 
 
 def detection_config_path(path: str | Path) -> Path:
@@ -118,17 +146,8 @@ def load_detection_config(path: Optional[str | Path] = None, overrides: Sequence
     """:class:`DetectionConfig` defaults <- a YAML file of its keys (a path, or a shipped name such as
     ``"detection/voc"``) <- ``key=value`` overrides (checked like :func:`sslbook.config.load_config`:
     unknown keys and wrong types fail with the key's name)."""
-    cfg = DetectionConfig()
-    if path is not None:
-        path = detection_config_path(path)
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of detection config keys")
-        for key, value in raw.items():
-            _set(cfg, key, value)
-    for text in overrides:
-        key_path, value = parse_override(text)
-        _set(cfg, ".".join(key_path), value)
+    path = detection_config_path(path) if path is not None else None
+    cfg = configure(DetectionConfig(), path, overrides, "detection config")
     if cfg.kind not in ("c4", "fpn"):
         raise ConfigError(f"config key 'kind' must be c4 or fpn, got {cfg.kind!r}")
     return cfg
@@ -144,11 +163,23 @@ def build_detector(cfg: DetectionConfig, encoder: Optional[nn.Module] = None) ->
     if encoder is None:
         encoder = build_encoder(cfg.encoder, stem=cfg.stem, width=cfg.width)
     return fasterrcnn_from_encoder(
-        encoder, cfg.num_classes, min_size=tuple(cfg.min_size_train), max_size=cfg.max_size, kind=cfg.kind,
-        anchor_sizes=cfg.anchor_sizes, aspect_ratios=cfg.aspect_ratios, mean=cfg.mean, std=cfg.std,
-        roi_size=cfg.roi_size, extra_norm=cfg.extra_norm, freeze_bn=cfg.freeze_bn,
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test)
+        encoder,
+        cfg.num_classes,
+        min_size=tuple(cfg.min_size_train),
+        max_size=cfg.max_size,
+        kind=cfg.kind,
+        anchor_sizes=cfg.anchor_sizes,
+        aspect_ratios=cfg.aspect_ratios,
+        mean=cfg.mean,
+        std=cfg.std,
+        roi_size=cfg.roi_size,
+        extra_norm=cfg.extra_norm,
+        freeze_bn=cfg.freeze_bn,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+    )
 
 
 def voc_target(annotation: dict, classes: Sequence[str] = VOC_CLASSES) -> dict:
@@ -165,8 +196,11 @@ def voc_target(annotation: dict, classes: Sequence[str] = VOC_CLASSES) -> dict:
         boxes.append([float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])])
         labels.append(list(classes).index(obj["name"]) + 1)
         difficult.append(str(obj.get("difficult", "0")) == "1")
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64), "difficult": torch.tensor(difficult, dtype=torch.bool)}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "difficult": torch.tensor(difficult, dtype=torch.bool),
+    }
 
 
 class VOCDataset(torch.utils.data.Dataset):
@@ -193,4 +227,3 @@ def voc_datasets(cfg: DetectionConfig, download: bool = False):
     """(train, test) for the config: VOC07+12 trainval (concatenated) and VOC07 test."""
     train = torch.utils.data.ConcatDataset([VOCDataset(cfg.root, y, s, download) for y, s in cfg.train_sets])
     return train, VOCDataset(cfg.root, *cfg.test_set, download=download)
-

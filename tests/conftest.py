@@ -19,8 +19,16 @@ def write_cifar_fixture(root: Path, n_per_batch: int = 20, seed: int = 0) -> Pat
         data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, size=n_per_batch)]
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n_per_batch}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * n_per_batch,
+                },
+                f,
+                protocol=2,
+            )
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f, protocol=2)
     return folder
@@ -56,9 +64,23 @@ def tiny_run_config(tmp_path, *overrides, name="run"):
     """
     from sslbook.config import load_config
 
-    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=16", "epochs=2", "eval_every=0",
-                              "progress=false", "verbose=false", "log_every=2", "max_minutes=null",
-                              f"out_dir={tmp_path / name}", "resume=never", *overrides])
+    return load_config(
+        None,
+        [
+            "profile=smoke",
+            "model.width=4",
+            "batch_size=16",
+            "epochs=2",
+            "eval_every=0",
+            "progress=false",
+            "verbose=false",
+            "log_every=2",
+            "max_minutes=null",
+            f"out_dir={tmp_path / name}",
+            "resume=never",
+            *overrides,
+        ],
+    )
 
 
 def tiny_datasets():
@@ -70,6 +92,7 @@ def tiny_datasets():
 def tiny_encoder(width: int = 4):
     """ResNet-18 with the CIFAR stem at a tiny width: fast enough for a training step in a test."""
     from sslbook.models import resnet
+
     return resnet(18, "cifar", width=width)
 
 

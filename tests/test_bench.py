@@ -17,8 +17,17 @@ from sslbook.config import ConfigError, load_config
 from sslbook.data import ImageTensorDataset
 from sslbook.methods import Method
 
-TINY = ["profile=smoke", "model.width=4", "batch_size=16", "epochs=2", "eval_every=1", "progress=false",
-        "verbose=false", "log_every=2", "max_minutes=null"]
+TINY = [
+    "profile=smoke",
+    "model.width=4",
+    "batch_size=16",
+    "epochs=2",
+    "eval_every=1",
+    "progress=false",
+    "verbose=false",
+    "log_every=2",
+    "max_minutes=null",
+]
 
 
 class PooledPixels(Method):
@@ -38,7 +47,7 @@ def quadrant_dataset(n, seed):
     labels = torch.arange(n) % 4
     images = torch.randint(0, 120, (n, 3, 16, 16), generator=g)
     for c, (r, col) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):
-        images[labels == c, :, r:r + 8, col:col + 8] += 120
+        images[labels == c, :, r : r + 8, col : col + 8] += 120
     return ImageTensorDataset(images.to(torch.uint8), labels, [f"q{i}" for i in range(4)], "quadrants")
 
 
@@ -63,8 +72,9 @@ def test_run_twice_reuses_and_a_changed_override_retrains(tmp_path, capsys):
     mtime = (out / "checkpoint.pt").stat().st_mtime_ns
 
     # The same settings (keys that cannot change training may differ): no training at all.
-    again = bench.run("cifar10/simclr", out, [*TINY, "verbose=true", "eval_every=0", "checkpoint_minutes=5"],
-                      datasets=tiny_datasets())
+    again = bench.run(
+        "cifar10/simclr", out, [*TINY, "verbose=true", "eval_every=0", "checkpoint_minutes=5"], datasets=tiny_datasets()
+    )
     assert again["reused"] and (out / "checkpoint.pt").stat().st_mtime_ns == mtime
     assert {k: v for k, v in again.items() if k != "reused"} == {k: v for k, v in first.items() if k != "reused"}
     assert "reusing" in capsys.readouterr().out
@@ -104,9 +114,21 @@ def test_report_renders_bench_files(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
-    rows = [{"config": "cifar10/simclr", "profile": "cpu", "budget_minutes": 5.0, "train_minutes": 4.9,
-             "epochs": 2.61, "images_per_s": 480.4, "peak_memory_mb": 1500.2, "knn200_top1": 44.123,
-             "knn20_top1": 45.5, "linear_top1": 50.25, "reused": True}]
+    rows = [
+        {
+            "config": "cifar10/simclr",
+            "profile": "cpu",
+            "budget_minutes": 5.0,
+            "train_minutes": 4.9,
+            "epochs": 2.61,
+            "images_per_s": 480.4,
+            "peak_memory_mb": 1500.2,
+            "knn200_top1": 44.123,
+            "knn20_top1": 45.5,
+            "linear_top1": 50.25,
+            "reused": True,
+        }
+    ]
     bench.save_results(rows, tmp_path / "bench-cpu.json", command="python -m sslbook bench --configs cifar10/simclr")
     bench.save_results([{**rows[0], "profile": "smoke"}], tmp_path / "bench-smoke.json")
     monkeypatch.setattr(report, "RESULTS", tmp_path)
@@ -161,6 +183,7 @@ def test_run_all_save_load_table_and_figure(tmp_path):
     assert short.splitlines()[0] == "| method | steps | reused |" and "| simclr | 8 | no |" in short
 
     import matplotlib
+
     matplotlib.use("Agg")
     for x in ("train_minutes", "images_seen"):
         fig = bench.accuracy_vs_time(rows, x=x, baseline=10.0)
@@ -173,8 +196,10 @@ def test_config_names_and_load_errors(tmp_path):
     assert bench.expand_configs("all") == [n for n in bench.expand_configs("all") if n.startswith("cifar10/")]
     assert "cifar10/simclr" in bench.expand_configs("all") and "cifar10/moco_v2" in bench.expand_configs("all")
     assert bench.expand_configs("simclr, cifar10/moco_v2,simclr") == ["cifar10/simclr", "cifar10/moco_v2"]
-    with pytest.raises(ConfigError, match="unknown config 'cifar10/simclrr' \\(did you mean cifar10/simclr\\?\\); "
-                                          "valid: all, cifar10/byol"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown config 'cifar10/simclrr' \\(did you mean cifar10/simclr\\?\\); valid: all, cifar10/byol",
+    ):
         bench.expand_configs("cifar10/simclrr")
     (tmp_path / "bad.json").write_text("[1, 2")
     with pytest.raises(bench.BenchError, match="bad.json is not a readable bench results file"):
@@ -183,8 +208,10 @@ def test_config_names_and_load_errors(tmp_path):
 
 def test_config_differences_ignore_what_cannot_change_training():
     a = load_config("cifar10/simclr", ["profile=smoke", "out_dir=a", "progress=true", "resume=auto"])
-    b = load_config("cifar10/simclr", ["profile=smoke", "out_dir=b", "progress=false", "resume=never",
-                                       "overwrite=true", "data.root=/elsewhere"])
+    b = load_config(
+        "cifar10/simclr",
+        ["profile=smoke", "out_dir=b", "progress=false", "resume=never", "overwrite=true", "data.root=/elsewhere"],
+    )
     assert bench.config_differences(a, b) == []
     c = load_config("cifar10/simclr", ["profile=smoke", "method_args.temperature=0.2", "seed=3"])
     assert bench.config_differences(a, c) == ["method_args.temperature: 0.5 -> 0.2", "seed: 0 -> 3"]
@@ -197,8 +224,13 @@ def test_cli_bad_config_name_is_one_line(capsys):
 
 
 def test_python_dash_m_sslbook_bench_with_a_bad_name_exits_non_zero():
-    proc = subprocess.run([sys.executable, "-m", "sslbook", "bench", "--configs", "cifar10/mocov2"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sslbook", "bench", "--configs", "cifar10/mocov2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().startswith("error: unknown config 'cifar10/mocov2' (did you mean cifar10/moco_v2?)")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -206,9 +238,25 @@ def test_python_dash_m_sslbook_bench_with_a_bad_name_exits_non_zero():
 
 def test_cli_bench_trains_writes_and_reuses(tmp_path, capsys):
     write_cifar_fixture(tmp_path / "data", n_per_batch=40)
-    argv = ["bench", "--configs", "cifar10/simclr", "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-            "--out", str(tmp_path / "bench.json"), "--set", f"data.root={tmp_path / 'data'}", "model.width=4",
-            "batch_size=32", "data.train_images=null", "data.test_images=null", "progress=false", "verbose=false"]
+    argv = [
+        "bench",
+        "--configs",
+        "cifar10/simclr",
+        "--profile",
+        "smoke",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "bench.json"),
+        "--set",
+        f"data.root={tmp_path / 'data'}",
+        "model.width=4",
+        "batch_size=32",
+        "data.train_images=null",
+        "data.test_images=null",
+        "progress=false",
+        "verbose=false",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     rows = bench.load_results(tmp_path / "bench.json")
@@ -224,15 +272,25 @@ def test_cli_bench_trains_writes_and_reuses(tmp_path, capsys):
 
 
 def test_overrides_for_one_config_only(tmp_path):
-    rows = bench.run_all(["cifar10/simclr", "cifar10/simsiam"], tmp_path / "runs", [*TINY, "max_steps=2"],
-                         overrides_for={"simclr": ["method_args.temperature=0.2"]}, datasets=tiny_datasets(),
-                         linear=False)
+    rows = bench.run_all(
+        ["cifar10/simclr", "cifar10/simsiam"],
+        tmp_path / "runs",
+        [*TINY, "max_steps=2"],
+        overrides_for={"simclr": ["method_args.temperature=0.2"]},
+        datasets=tiny_datasets(),
+        linear=False,
+    )
     simclr, simsiam = (load_config(os.path.join(r["out_dir"], "config.yaml")) for r in rows)
     assert simclr.method_args["temperature"] == 0.2 and "temperature" not in simsiam.method_args
     # The same per-config override again: reused; without it: retrained.
-    again = bench.run_all(["cifar10/simclr"], tmp_path / "runs", [*TINY, "max_steps=2"],
-                          overrides_for={"cifar10/simclr": ["method_args.temperature=0.2"]},
-                          datasets=tiny_datasets(), linear=False)
+    again = bench.run_all(
+        ["cifar10/simclr"],
+        tmp_path / "runs",
+        [*TINY, "max_steps=2"],
+        overrides_for={"cifar10/simclr": ["method_args.temperature=0.2"]},
+        datasets=tiny_datasets(),
+        linear=False,
+    )
     assert again[0]["reused"]
     with pytest.raises(ConfigError, match="overrides given for 'byol', which is not among the configs"):
         bench.run_all(["cifar10/simclr"], tmp_path / "runs", TINY, overrides_for={"byol": ["seed=1"]})
@@ -248,6 +306,7 @@ def test_a_results_file_draws_its_curves_without_the_run_folders(tmp_path):
     import shutil
 
     import matplotlib
+
     matplotlib.use("Agg")
     rows = bench.run_all(["cifar10/simclr"], tmp_path / "runs", TINY, datasets=tiny_datasets(), linear=False)
     path = bench.save_results(rows, tmp_path / "bench.json")
@@ -258,5 +317,5 @@ def test_a_results_file_draws_its_curves_without_the_run_folders(tmp_path):
     assert len(history) == 2 and history[-1][1] == rows[0]["steps"] and history[-1][2] == rows[0]["knn200_top1"]
     shutil.rmtree(tmp_path / "runs")  # a fresh clone has the results file, not the runs
     fig = bench.accuracy_vs_time(bench.load_results(path))
-    (line,) = [l for l in fig.axes[0].get_lines() if l.get_label() == "simclr"]
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "simclr"]
     assert list(line.get_ydata()) == [h[2] for h in history]

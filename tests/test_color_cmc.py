@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import flat_params as params, tiny_encoder as encoder, tiny_datasets, tiny_run_config
+from conftest import flat_params as params
+from conftest import tiny_datasets, tiny_run_config
+from conftest import tiny_encoder as encoder
 from sslbook import color
 from sslbook.augment import CIFAR10_MEAN, CIFAR10_STD, gaussian_noise, normalize
 from sslbook.config import load_config
@@ -280,8 +282,9 @@ def test_colorization_trains_through_the_trainer_and_restores(tmp_path, monkeypa
     from sslbook.methods import METHODS
 
     monkeypatch.setitem(METHODS, "colorization", Colorization)  # the registration sslbook.methods makes
-    cfg = tiny_run_config(tmp_path, "method=colorization", ONE_VIEW, "optim.name=adamw", "optim.lr=0.001",
-                          "eval_every=1")
+    cfg = tiny_run_config(
+        tmp_path, "method=colorization", ONE_VIEW, "optim.name=adamw", "optim.lr=0.001", "eval_every=1"
+    )
     result = train(cfg, datasets=tiny_datasets())
     steps = [r for r in result.log() if "loss" in r and "step" in r]
     assert result.results["steps"] == 8 and all(math.isfinite(r["loss"]) for r in steps)
@@ -309,24 +312,26 @@ def test_cmc_loss_by_hand():
     z2 = torch.tensor([[2.0, 0.0], [0.6, 0.8]])  # any scale: cosines are 1, 0.6 / 0, 0.8
     T = 0.5
     # View 1 anchors: rows of cos/T = [2, 1.2] (partner first), [0, 1.6] (partner second).
-    l12 = (-math.log(math.exp(2) / (math.exp(2) + math.exp(1.2)))
-           - math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6)))) / 2
+    l12 = (
+        -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) - math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6)))
+    ) / 2
     # View 2 anchors: columns [2, 0] (partner first), [1.2, 1.6] (partner second).
-    l21 = (-math.log(math.exp(2) / (math.exp(2) + math.exp(0)))
-           - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))) / 2
+    l21 = (
+        -math.log(math.exp(2) / (math.exp(2) + math.exp(0))) - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    ) / 2
     assert cmc_loss(z1, z2, T).item() == pytest.approx(l12 + l21, rel=1e-6)
 
 
 def test_cmc_views_are_l_and_ab():
     method = CMC(encoder())
     rgb = rgb_batch(2, 8)
-    l, ab = method.split(views_of(rgb))
+    lightness, ab = method.split(views_of(rgb))
     lab = color.normalize_lab(color.rgb_to_lab(rgb))
-    assert l.shape == (2, 1, 8, 8) and ab.shape == (2, 2, 8, 8)
-    assert torch.allclose(l, lab[:, :1], atol=1e-4) and torch.allclose(ab, lab[:, 1:], atol=1e-4)
+    assert lightness.shape == (2, 1, 8, 8) and ab.shape == (2, 2, 8, 8)
+    assert torch.allclose(lightness, lab[:, :1], atol=1e-4) and torch.allclose(ab, lab[:, 1:], atol=1e-4)
     grey = color.lab_to_rgb(torch.cat([color.rgb_to_lab(rgb)[:, :1], torch.zeros(2, 2, 8, 8)], dim=1))
     l_grey, ab_grey = method.split(views_of(grey))
-    assert torch.allclose(l_grey, l, atol=1e-3)  # removing the colour leaves the L view alone
+    assert torch.allclose(l_grey, lightness, atol=1e-3)  # removing the colour leaves the L view alone
     no_colour = color.normalize_lab(torch.zeros(1, 3, 1, 1))[:, 1:]
     assert torch.allclose(ab_grey, no_colour.expand_as(ab_grey), atol=1e-3)  # and empties the ab view
 
@@ -340,8 +345,9 @@ def test_cmc_has_one_encoder_per_view_and_embeds_both():
     features = method.embed(views)
     d = method.backbone.feature_dim
     assert features.shape == (3, d + method.ab_encoder.feature_dim)
-    l, ab = method.split(views)
-    assert torch.allclose(features[:, :d], method.backbone(l)) and torch.allclose(features[:, d:], method.ab_encoder(ab))
+    lightness, ab = method.split(views)
+    assert torch.allclose(features[:, :d], method.backbone(lightness))
+    assert torch.allclose(features[:, d:], method.ab_encoder(ab))
 
 
 def test_cmc_forward():
@@ -351,8 +357,8 @@ def test_cmc_forward():
     assert math.isfinite(out["loss"].item()) and out["z"].shape == (6, 16) and 0 <= out["accuracy"] <= 100
     method.eval()  # BatchNorm from running statistics: the same numbers twice
     views = views_of(rgb_batch(6, 16, seed=2))
-    l, ab = method.split(views)
-    z_l = F.normalize(method.l_head(method.backbone(l)), dim=1)
+    lightness, ab = method.split(views)
+    z_l = F.normalize(method.l_head(method.backbone(lightness)), dim=1)
     z_ab = F.normalize(method.ab_head(method.ab_encoder(ab)), dim=1)
     expected = cmc_loss(z_l, z_ab, method.temperature)
     assert method([views], None)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -400,6 +406,8 @@ def test_gaussian_noise():
     assert noisy.min() >= 0 and noisy.max() <= 1
     std = (noisy - images).flatten(1).std(dim=1)
     assert std[0].item() == pytest.approx(0.05, rel=0.05) and std[1].item() == pytest.approx(0.1, rel=0.05)
-    assert torch.equal(gaussian_noise(images, 0.1, torch.Generator().manual_seed(1)),
-                       gaussian_noise(images, 0.1, torch.Generator().manual_seed(1)))
+    assert torch.equal(
+        gaussian_noise(images, 0.1, torch.Generator().manual_seed(1)),
+        gaussian_noise(images, 0.1, torch.Generator().manual_seed(1)),
+    )
     assert gaussian_noise(torch.ones(1, 3, 4, 4), 1.0).max() <= 1  # clipped

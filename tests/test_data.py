@@ -6,8 +6,15 @@ import torch
 
 from conftest import real_cifar_root
 from sslbook import data
-from sslbook.data import (DatasetFormatError, DatasetNotFoundError, EpochOrder, InMemoryLoader, balanced_indices,
-                          load_cifar, load_image_folder)
+from sslbook.data import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    EpochOrder,
+    InMemoryLoader,
+    balanced_indices,
+    load_cifar,
+    load_image_folder,
+)
 
 
 def test_reads_official_layout(cifar_root):
@@ -69,11 +76,80 @@ def test_wrong_format_batch_is_a_clear_error(cifar_root):
         load_cifar("cifar10", "test", root=cifar_root, download=False)
 
 
+class _CreatesFile:
+    """Unpickling this calls ``open(path, "w")``: a stand-in for any code a crafted pickle could run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_batch_that_would_run_code_is_refused_before_it_runs(cifar_root, tmp_path, capsys):
+    from sslbook.__main__ import main
+
+    marker = tmp_path / "payload_ran"
+    path = cifar_root / "cifar-10-batches-py" / "data_batch_2"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": _CreatesFile(marker), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(DatasetFormatError, match=r"data_batch_2 is not a CIFAR batch: it asks to call io\.open"):
+        load_cifar("cifar10", "train", root=cifar_root, download=False)
+    assert not marker.exists()
+    # Through the CLI: one line on stderr, exit code 2, and still no payload.
+    code = main(
+        [
+            "train",
+            "profile=smoke",
+            f"data.root={cifar_root}",
+            f"out_dir={tmp_path / 'run'}",
+            "resume=never",
+            "progress=false",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {path} is not a CIFAR batch: it asks to call io.open, which could run code")
+    assert err.endswith("delete the folder and download it again")
+    assert not marker.exists()
+    # The control: the payload is real, plain pickle.load runs it.
+    with open(path, "rb") as f:
+        pickle.load(f, encoding="bytes")
+    assert marker.exists()
+
+
+def _same_pickle_contents(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+def test_restricted_reader_matches_plain_pickle(cifar_root):
+    folder = cifar_root / "cifar-10-batches-py"
+    for name in ("batches.meta", "test_batch"):
+        with open(folder / name, "rb") as f:
+            plain = pickle.load(f, encoding="bytes")
+        assert _same_pickle_contents(data.read_cifar_pickle(folder / name), plain)
+    # Re-pickled by Python 3 at protocols 3 and 4 (native bytes, numpy 2 arrays) it still reads.
+    for protocol in (3, 4):
+        (folder / "test_batch").write_bytes(pickle.dumps(plain, protocol=protocol))
+        assert _same_pickle_contents(data.read_cifar_pickle(folder / "test_batch"), plain)
+
+
 def test_unknown_dataset_and_split(cifar_root):
     with pytest.raises(ValueError, match="cifar10, cifar100"):
         load_cifar("cifar11", root=cifar_root)
     with pytest.raises(ValueError, match="'train' or 'test'"):
         load_cifar("cifar10", "val", root=cifar_root)
+
+
+def test_labelled_images_from_tensors_or_a_dataset():
+    images, labels = torch.zeros(3, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 2, 1])
+    assert data.labelled_images(images, labels)[2] == ["0", "1", "2"]  # names up to the largest label
+    dataset = data.ImageTensorDataset(images, labels, ["cat", "dog", "elk"])
+    got_images, got_labels, classes = data.labelled_images(dataset)
+    assert got_images is images and got_labels is labels and classes == ["cat", "dog", "elk"]
+    assert data.labelled_images(dataset, classes=("a", "b", "c"))[2] == ["a", "b", "c"]  # given values win
+    with pytest.raises(ValueError, match="pass labels"):
+        data.labelled_images(images)
 
 
 def test_balanced_indices():
@@ -143,5 +219,10 @@ def test_real_cifar10_copy():
     assert torch.bincount(train.labels).tolist() == [5000] * 10
     assert torch.bincount(test.labels).tolist() == [1000] * 10
     assert train.classes[0] == "airplane" and train.classes[9] == "truck"
+    # The restricted reader returns what plain pickle.load does on the real files.
+    with open(root / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        plain = pickle.load(f, encoding="bytes")
+    assert torch.equal(test.images.flatten(1), torch.from_numpy(plain[b"data"]))
+    assert test.labels.tolist() == plain[b"labels"]
     mean = train.images.float().div(255).mean(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.tensor(train.mean), atol=0.01)  # the statistics we normalise with

@@ -1,4 +1,5 @@
 """The data-set variants of the pretext chapter's experiments: rotated and tinted copies."""
+
 import torch
 
 from sslbook.data import TINTS, ImageTensorDataset, channel_stats, rotated_copy, tinted_copy

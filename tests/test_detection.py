@@ -12,15 +12,24 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from conftest import tiny_dataset  # noqa: E402
 from sslbook.config import ConfigError  # noqa: E402
 from sslbook.detection import (  # noqa: E402
-    BACKGROUND, _hflip, _lr_factor, average_precision, evaluate_detector, fasterrcnn_from_encoder,
-    freeze_batchnorm, mean_average_precision, pasted_objects_dataset, predict_detections, show_detections,
-    train_detector)
+    BACKGROUND,
+    average_precision,
+    evaluate_detector,
+    fasterrcnn_from_encoder,
+    freeze_batchnorm,
+    hflip_with_boxes,
+    mean_average_precision,
+    multistep_lr_factor,
+    pasted_objects_dataset,
+    predict_detections,
+    show_detections,
+    train_detector,
+)
 from sslbook.models import resnet  # noqa: E402
 from sslbook.voc import VOC_CLASSES, DetectionConfig, build_detector, load_detection_config, voc_target  # noqa: E402
-
-from conftest import tiny_dataset  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -33,8 +42,11 @@ def target(boxes, labels, difficult=None):
 
 
 def pred(boxes, scores, labels):
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "scores": torch.tensor(scores),
-            "labels": torch.tensor(labels)}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores),
+        "labels": torch.tensor(labels),
+    }
 
 
 # --------------------------------------------------------------------------- AP50 by hand
@@ -71,7 +83,8 @@ def test_map_ranking_duplicates_and_the_11_point_rule():
     # all-point: envelope 1 up to recall 0.5, then 2/3 -> 0.5 * 1 + 0.5 * 2/3
     assert mean_average_precision(predictions, targets)["map"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     # 11-point: t = 0..0.5 (6 points) -> 1, t = 0.6..1 (5 points) -> 2/3
-    assert mean_average_precision(predictions, targets, use_07_metric=True)["map"] == pytest.approx((6 + 5 * 2 / 3) / 11)
+    voc07 = mean_average_precision(predictions, targets, use_07_metric=True)
+    assert voc07["map"] == pytest.approx((6 + 5 * 2 / 3) / 11)
     # a false positive ranked first: precision 0, 1/2 at recall 0, 1/2 ...
     fp_first = [pred([[50, 50, 60, 60], [0, 0, 10, 10]], [0.9, 0.5], [1, 1]), pred([], [], [])]
     assert mean_average_precision(fp_first, targets[:1] + [target([], [])])["map"] == pytest.approx(0.5)
@@ -104,8 +117,17 @@ def coloured_set(n_classes=4, side=8):
 @pytest.mark.parametrize("background", ["blur", "noise"])
 def test_pasted_objects_boxes_hold_their_objects(background):
     images, labels, colours = coloured_set()
-    ds = pasted_objects_dataset(images, labels, n=10, canvas=48, objects=(1, 3), size=(0.25, 0.4),
-                                background=background, classes=["r", "g", "b", "y"], seed=3)
+    ds = pasted_objects_dataset(
+        images,
+        labels,
+        n=10,
+        canvas=48,
+        objects=(1, 3),
+        size=(0.25, 0.4),
+        background=background,
+        classes=["r", "g", "b", "y"],
+        seed=3,
+    )
     assert ds.images.shape == (10, 3, 48, 48) and ds.images.dtype == torch.uint8
     assert ds.classes == [BACKGROUND, "r", "g", "b", "y"] and ds.num_classes == 4
     counts = [len(t["labels"]) for t in ds.targets]
@@ -130,8 +152,9 @@ def test_pasted_objects_boxes_hold_their_objects(background):
     assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
     tgt["boxes"] += 1  # a copy: the dataset is unchanged
     assert not torch.equal(tgt["boxes"], ds.targets[0]["boxes"])
-    again = pasted_objects_dataset(images, labels, n=10, canvas=48, objects=(1, 3), size=(0.25, 0.4),
-                                   background=background, seed=3)
+    again = pasted_objects_dataset(
+        images, labels, n=10, canvas=48, objects=(1, 3), size=(0.25, 0.4), background=background, seed=3
+    )
     assert torch.equal(again.images, ds.images)
 
 
@@ -147,7 +170,7 @@ def test_pasted_objects_from_a_dataset_and_exact_counts():
 def test_hflip_moves_boxes_with_the_image():
     image = torch.zeros(3, 10, 20)
     image[:, 2:5, 1:4] = 1
-    flipped, t = _hflip(image, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 5.0]]), "labels": torch.tensor([1])})
+    flipped, t = hflip_with_boxes(image, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 5.0]]), "labels": torch.tensor([1])})
     assert t["boxes"].tolist() == [[16.0, 2.0, 19.0, 5.0]]
     assert flipped[:, 2:5, 16:19].min() == 1 and flipped.sum() == image.sum()
 
@@ -155,12 +178,12 @@ def test_hflip_moves_boxes_with_the_image():
 def test_lr_schedule_warmup_and_steps():
     # detectron2's WarmupMultiStepLR: 100 warm-up steps from 0.001, x0.1 at 18k and 22k of 24k
     m = (18000 / 24000, 22000 / 24000)
-    assert _lr_factor(0, 24000, 100, 0.001, m) == pytest.approx(0.001)
-    assert _lr_factor(50, 24000, 100, 0.001, m) == pytest.approx(0.001 * 0.5 + 0.5)
-    assert _lr_factor(100, 24000, 100, 0.001, m) == 1.0
-    assert _lr_factor(17999, 24000, 100, 0.001, m) == 1.0
-    assert _lr_factor(18000, 24000, 100, 0.001, m) == pytest.approx(0.1)
-    assert _lr_factor(22000, 24000, 100, 0.001, m) == pytest.approx(0.01)
+    assert multistep_lr_factor(0, 24000, 100, 0.001, m) == pytest.approx(0.001)
+    assert multistep_lr_factor(50, 24000, 100, 0.001, m) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert multistep_lr_factor(100, 24000, 100, 0.001, m) == 1.0
+    assert multistep_lr_factor(17999, 24000, 100, 0.001, m) == 1.0
+    assert multistep_lr_factor(18000, 24000, 100, 0.001, m) == pytest.approx(0.1)
+    assert multistep_lr_factor(22000, 24000, 100, 0.001, m) == pytest.approx(0.01)
 
 
 # --------------------------------------------------------------------------- the detector
@@ -174,8 +197,9 @@ def test_fasterrcnn_from_encoder_trains_end_to_end(kind, tiny_detection_set):
     torch.manual_seed(0)
     enc = resnet(18, "cifar", width=4)
     state = {k: v.clone() for k, v in enc.state_dict().items()}
-    model = fasterrcnn_from_encoder(enc, num_classes=4, min_size=48, kind=kind, roi_size=7, fpn_channels=8,
-                                    extra_norm=True)
+    model = fasterrcnn_from_encoder(
+        enc, num_classes=4, min_size=48, kind=kind, roi_size=7, fpn_channels=8, extra_norm=True
+    )
     assert model.roi_heads.box_predictor.cls_score.out_features == 5  # + background
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.random.get_rng_state()
@@ -239,15 +263,32 @@ def test_voc_config_is_mocos_protocol():
 def test_load_detection_config_overrides_and_tiny_build(tmp_path, tiny_detection_set):
     path = tmp_path / "tiny.yaml"
     path.write_text("encoder: resnet18\nwidth: 4\nstem: cifar\nnum_classes: 4\n")
-    cfg = load_detection_config(path, ["min_size_train=[48]", "min_size_test=48", "max_size=64", "roi_size=7",
-                                       "anchor_sizes=[16,32,64]", "batch_size=2", "max_iter=2", "steps=[1]",
-                                       "lr=0.01", "extra_norm=false"])
+    cfg = load_detection_config(
+        path,
+        [
+            "min_size_train=[48]",
+            "min_size_test=48",
+            "max_size=64",
+            "roi_size=7",
+            "anchor_sizes=[16,32,64]",
+            "batch_size=2",
+            "max_iter=2",
+            "steps=[1]",
+            "lr=0.01",
+            "extra_norm=false",
+        ],
+    )
     assert cfg.min_size_train == (48,) and cfg.steps == (1,) and cfg.width == 4 and cfg.extra_norm is False
     model = build_detector(cfg, resnet(18, "cifar", width=4))
     out = train_detector(model, tiny_detection_set, **cfg.train_kwargs())
     assert [h["lr"] for h in out["history"]] == pytest.approx([0.01, 0.001])  # x0.1 from step 1 on
-    assert 0 <= evaluate_detector(model, tiny_detection_set, min_size=cfg.min_size_test,
-                                  use_07_metric=cfg.use_07_metric)["map50"] <= 100
+    assert (
+        0
+        <= evaluate_detector(model, tiny_detection_set, min_size=cfg.min_size_test, use_07_metric=cfg.use_07_metric)[
+            "map50"
+        ]
+        <= 100
+    )
     with pytest.raises(ConfigError, match="unknown config key 'max_iters'"):
         load_detection_config(None, ["max_iters=3"])
     with pytest.raises(ConfigError, match="must be int"):
@@ -267,7 +308,7 @@ def test_voc_target_from_a_parsed_annotation():
     assert t["boxes"].tolist() == [[262.0, 210.0, 324.0, 339.0], [0.0, 1.0, 10.0, 20.0]]
     assert t["labels"].tolist() == [VOC_CLASSES.index("chair") + 1, VOC_CLASSES.index("dog") + 1]
     assert t["difficult"].tolist() == [False, True]
-    one = xml.replace(xml[xml.index("<object><name>dog"):xml.index("</annotation>")], "")
+    one = xml.replace(xml[xml.index("<object><name>dog") : xml.index("</annotation>")], "")
     assert voc_target(VOCDetection.parse_voc_xml(ET.fromstring(one)))["labels"].tolist() == [9]
 
 
@@ -280,6 +321,7 @@ def test_shipped_voc_yaml_is_the_dataclass_recipe():
     assert asdict(shipped) == asdict(DetectionConfig())  # the file writes out the defaults, nothing else
     assert detection_config_path("voc") == detection_config_path("detection/voc")
     cfg = load_detection_config("detection/voc", ["root=/data", "max_iter=100"])
-    assert cfg.root == "/data" and cfg.max_iter == 100 and cfg.train_sets == [["2007", "trainval"], ["2012", "trainval"]]
+    assert cfg.root == "/data" and cfg.max_iter == 100
+    assert cfg.train_sets == [["2007", "trainval"], ["2012", "trainval"]]
     with pytest.raises(ConfigError, match="shipped detection configs: detection/voc"):
         load_detection_config("detection/coco")

@@ -50,8 +50,9 @@ def _free_port() -> int:
 
 def _entry(rank: int, world: int, port: int, fn, args) -> None:
     """What ``torchrun`` would set up, then ``fn(rank, world, *args)`` inside the process group."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         device = distributed.init_from_env()
@@ -70,8 +71,9 @@ def run_processes(fn, *args, world: int = WORLD, timeout: float = TIMEOUT) -> No
     A run that has not finished after ``timeout`` seconds (a deadlock: processes disagreeing on
     the collectives they call) is killed and fails the test.
     """
-    context = mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(
+        _entry, args=(world, _free_port(), fn, args), nprocs=world, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout
     while not context.join(timeout=1.0):  # raises ProcessRaisedException if a process failed
         if time.monotonic() > deadline:
@@ -112,9 +114,19 @@ def _gather_worker(rank, world, out_dir):
     model = DDP(lin)
     param_loss = _global_loss(distributed.gather_with_grad(model(x.detach())))
     param_loss.backward()
-    torch.save({"gathered": gathered.detach(), "no_grad": no_grad, "no_grad_requires_grad": no_grad.requires_grad,
-                "loss": loss.detach(), "x_grad": x.grad, "param_loss": param_loss.detach(),
-                "weight_grad": lin.weight.grad, "bias_grad": lin.bias.grad}, Path(out_dir) / f"rank{rank}.pt")
+    torch.save(
+        {
+            "gathered": gathered.detach(),
+            "no_grad": no_grad,
+            "no_grad_requires_grad": no_grad.requires_grad,
+            "loss": loss.detach(),
+            "x_grad": x.grad,
+            "param_loss": param_loss.detach(),
+            "weight_grad": lin.weight.grad,
+            "bias_grad": lin.bias.grad,
+        },
+        Path(out_dir) / f"rank{rank}.pt",
+    )
 
 
 @pytest.mark.slow
@@ -161,8 +173,14 @@ class TinyEncoder(nn.Sequential):
     """A BN-free conv encoder with the ``feature_dim`` every method expects."""
 
     def __init__(self):
-        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        super().__init__(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.feature_dim = 16
 
 
@@ -200,8 +218,10 @@ def _simclr_worker(rank, world, out_dir):
     rows = slice(rank * n, (rank + 1) * n)
     out = model([x1[rows], x2[rows]], torch.arange(GLOBAL_BATCH)[rows])
     out["loss"].backward()
-    torch.save({"loss": out["loss"].detach(), "z": out["z"],
-                "grads": {k: p.grad for k, p in method.named_parameters()}}, Path(out_dir) / f"rank{rank}.pt")
+    torch.save(
+        {"loss": out["loss"].detach(), "z": out["z"], "grads": {k: p.grad for k, p in method.named_parameters()}},
+        Path(out_dir) / f"rank{rank}.pt",
+    )
 
 
 @pytest.mark.slow
@@ -233,8 +253,7 @@ def test_simclr_two_processes_equal_one_process(tmp_path):
 def test_epoch_order_shards_the_one_process_batches(drop_last, shuffle):
     n, b, w, seed = 50, 4, 2, 7
     single = EpochOrder(n, b * w, seed=seed, shuffle=shuffle, drop_last=drop_last)
-    shards = [EpochOrder(n, b, seed=seed, rank=r, world_size=w, shuffle=shuffle, drop_last=drop_last)
-              for r in range(w)]
+    shards = [EpochOrder(n, b, seed=seed, rank=r, world_size=w, shuffle=shuffle, drop_last=drop_last) for r in range(w)]
     assert all(len(s) == len(single) for s in shards)
     assert len(single) == (6 if drop_last else 7)
     for epoch in (0, 1):
@@ -259,9 +278,22 @@ TRAIN_IMAGES = 96  # 6 global batches of 16 per epoch: max_steps=4 interrupts mi
 
 
 def _train_config(out_dir, *overrides):
-    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=16", "epochs=3", "eval_every=0",
-                              "progress=false", "verbose=false", "log_every=1", "max_minutes=null",
-                              f"out_dir={out_dir}", *overrides])
+    return load_config(
+        None,
+        [
+            "profile=smoke",
+            "model.width=4",
+            "batch_size=16",
+            "epochs=3",
+            "eval_every=0",
+            "progress=false",
+            "verbose=false",
+            "log_every=1",
+            "max_minutes=null",
+            f"out_dir={out_dir}",
+            *overrides,
+        ],
+    )
 
 
 def _train_data():
@@ -270,8 +302,10 @@ def _train_data():
 
 def _train_worker(rank, world, out_dir):
     result = train(_train_config(out_dir, "max_steps=4", "resume=never", "overwrite=true"), datasets=_train_data())
-    torch.save({"results": result.results, "params": {k: p.detach() for k, p in result.method.named_parameters()}},
-               Path(out_dir).parent / f"rank{rank}.pt")
+    torch.save(
+        {"results": result.results, "params": {k: p.detach() for k, p in result.method.named_parameters()}},
+        Path(out_dir).parent / f"rank{rank}.pt",
+    )
 
 
 def _records(metrics: Path) -> list[dict]:
@@ -331,8 +365,10 @@ def _budget_worker(rank, world, out_dir):
 
     if rank == 0:  # rank 0's clock runs 1000x fast: its budget runs out at once, rank 1's much later
         trainer.time = types.SimpleNamespace(perf_counter=lambda: 1000 * time.perf_counter())
-    result = train(_train_config(out_dir, "epochs=20", "max_minutes=0.05", "log_every=2", "resume=never",
-                                 "overwrite=true"), datasets=(tiny_dataset(64, 16, seed=0), None))
+    result = train(
+        _train_config(out_dir, "epochs=20", "max_minutes=0.05", "log_every=2", "resume=never", "overwrite=true"),
+        datasets=(tiny_dataset(64, 16, seed=0), None),
+    )
     torch.save(result.results["steps"], Path(out_dir).parent / f"steps{rank}.pt")
 
 

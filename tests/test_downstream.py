@@ -12,14 +12,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from conftest import tiny_dataset  # noqa: E402
 from sslbook import viz  # noqa: E402
 from sslbook.data import ImageTensorDataset  # noqa: E402
 from sslbook.eval import knn_accuracy, retrieve  # noqa: E402
 from sslbook.models import resnet, vit_tiny  # noqa: E402
 from sslbook.semi import S4L, exemplar_identities, rotation_views, s4l_train  # noqa: E402
 from sslbook.transfer import transfer_digits, transfer_eval  # noqa: E402
-
-from conftest import tiny_dataset  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -68,8 +67,9 @@ def test_stem_filters_of_a_vit_and_figures():
     assert viz.stem_filters(vit).shape == (12, 4, 4, 3)
     fig = viz.first_layer_filters(resnet(18, "imagenet", width=8))
     assert len(fig.axes) == 1 and "7x7" in fig.axes[0].get_title()
-    fig = viz.filters_side_by_side({"random": resnet(18, "cifar", width=8, stem_kernel=5),
-                                    "other": resnet(18, "cifar", width=8, stem_kernel=5)})
+    fig = viz.filters_side_by_side(
+        {"random": resnet(18, "cifar", width=8, stem_kernel=5), "other": resnet(18, "cifar", width=8, stem_kernel=5)}
+    )
     assert [ax.get_title() for ax in fig.axes] == ["random", "other"]
     with pytest.raises(ValueError, match="no RGB conv"):
         viz.stem_filters(nn.Linear(3, 3))
@@ -80,9 +80,14 @@ def test_capture_activations_shapes_hooks_removed_modes_restored():
     enc = resnet(18, "cifar", width=4)
     flags = mixed_modes(enc)
     images = uint8_images(3)
-    acts = viz.capture_activations(enc, images, ["layer1", "layer2", "layer3", "layer4"], mean=(0.5,) * 3, std=(0.25,) * 3)
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+    acts = viz.capture_activations(enc, images, layers, mean=(0.5,) * 3, std=(0.25,) * 3)
     assert {k: tuple(v.shape) for k, v in acts.items()} == {
-        "layer1": (3, 4, 16, 16), "layer2": (3, 8, 8, 8), "layer3": (3, 16, 4, 4), "layer4": (3, 32, 2, 2)}
+        "layer1": (3, 4, 16, 16),
+        "layer2": (3, 8, 8, 8),
+        "layer3": (3, 16, 4, 4),
+        "layer4": (3, 32, 2, 2),
+    }
     assert no_hooks(enc) and [m.training for m in enc.modules()] == flags
     # the hooked outputs are the ones forward_maps computes, in eval mode
     enc.eval()
@@ -233,10 +238,13 @@ def test_retrieval_grid_shows_the_brute_force_neighbours():
 def test_retrieval_picker_constructs_and_updates():
     pytest.importorskip("ipywidgets")
     g = gen(7)
-    feats = {"A": (torch.randn(4, 6, generator=g), torch.randn(10, 6, generator=g)),
-             "B": (torch.randn(4, 3, generator=g), torch.randn(10, 3, generator=g))}
-    widget = viz.retrieval_picker(uint8_images(4, 8), uint8_images(10, 8, 1), feats, torch.arange(4) % 2,
-                                  torch.arange(10) % 2, ["x", "y"], k=3)
+    feats = {
+        "A": (torch.randn(4, 6, generator=g), torch.randn(10, 6, generator=g)),
+        "B": (torch.randn(4, 3, generator=g), torch.randn(10, 3, generator=g)),
+    }
+    widget = viz.retrieval_picker(
+        uint8_images(4, 8), uint8_images(10, 8, 1), feats, torch.arange(4) % 2, torch.arange(10) % 2, ["x", "y"], k=3
+    )
     slider = widget.children[0]
     assert slider.max == 3
     slider.value = 2  # redraws without error
@@ -311,7 +319,8 @@ def test_s4l_weight_zero_ignores_the_self_supervised_head():
 def test_s4l_train_runs_seeded_and_leaves_the_encoder_alone(task):
     enc = resnet(18, "cifar", width=4)
     state = {k: v.clone() for k, v in enc.state_dict().items()}
-    labelled, unlabelled, test = tiny_dataset(16, 16, seed=0), tiny_dataset(32, 16, seed=2), tiny_dataset(16, 16, seed=1)
+    labelled, unlabelled = tiny_dataset(16, 16, seed=0), tiny_dataset(32, 16, seed=2)
+    test = tiny_dataset(16, 16, seed=1)
     rng = torch.random.get_rng_state()
     kw = dict(self_supervised=task, epochs=2, batch_size=8, copies=2, eval_every=1)
     a = s4l_train(enc, labelled, unlabelled, test, **kw)
@@ -333,8 +342,10 @@ def test_transfer_digits_shapes_labels_and_split():
     assert train.classes == [str(d) for d in range(10)]
     assert abs(len(test) / 1797 - 0.3) < 0.01
     # stratified: every digit has ~30% of its images in the test split
-    counts = torch.bincount(test.labels, minlength=10).float() / (
-        torch.bincount(test.labels, minlength=10) + torch.bincount(train.labels, minlength=10)).float()
+    counts = (
+        torch.bincount(test.labels, minlength=10).float()
+        / (torch.bincount(test.labels, minlength=10) + torch.bincount(train.labels, minlength=10)).float()
+    )
     assert ((counts - 0.3).abs() < 0.02).all()
     assert train.images.max() == 255 and train.images.min() == 0
     # no image in both splits; the same split for the same seed

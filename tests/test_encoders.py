@@ -34,17 +34,24 @@ def test_stems_feature_map_sizes_on_32px():
     for stem in ("cifar", "imagenet"):
         maps = resnet(18, stem, width=4).eval().forward_maps(x)
         sizes[stem] = {name: tuple(m.shape[-2:]) for name, m in maps.items()}
-    assert sizes["cifar"] == {"stem": (32, 32), "layer1": (32, 32), "layer2": (16, 16), "layer3": (8, 8),
-                              "layer4": (4, 4)}
+    assert sizes["cifar"] == {
+        "stem": (32, 32),
+        "layer1": (32, 32),
+        "layer2": (16, 16),
+        "layer3": (8, 8),
+        "layer4": (4, 4),
+    }
     # 7x7 stride 2 and a stride-2 max-pool: 32 -> 8 before layer1, a single pixel at layer4
-    assert sizes["imagenet"] == {"stem": (8, 8), "layer1": (8, 8), "layer2": (4, 4), "layer3": (2, 2),
-                                 "layer4": (1, 1)}
+    assert sizes["imagenet"] == {"stem": (8, 8), "layer1": (8, 8), "layer2": (4, 4), "layer3": (2, 2), "layer4": (1, 1)}
 
 
 def test_depth_width_and_stem_overrides_reach_the_encoder():
     base = build_model(load_config("cifar10/simclr", ["profile=smoke", "model.width=4"])).backbone
-    deep = build_model(load_config("cifar10/simclr", ["profile=smoke", "model.width=4",
-                                                      "model.encoder=resnet34", "model.stem=imagenet"])).backbone
+    deep = build_model(
+        load_config(
+            "cifar10/simclr", ["profile=smoke", "model.width=4", "model.encoder=resnet34", "model.stem=imagenet"]
+        )
+    ).backbone
     assert len(base.layer3) == 2 and len(deep.layer3) == 6  # ResNet-18 vs ResNet-34 blocks
     assert deep.conv1.kernel_size == (7, 7) and deep.conv1.stride == (2, 2)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

@@ -73,8 +73,9 @@ def test_knn_predict_chunking_and_clamping():
     chunked = knn_predict(train_x, train_y, test_x, k=10, chunk_size=4)  # 17 = 4 + 4 + 4 + 4 + 1
     torch.testing.assert_close(whole, chunked)
     # k beyond the training set counts every training item once: same as k = N.
-    torch.testing.assert_close(knn_predict(train_x, train_y, test_x, k=500),
-                               knn_predict(train_x, train_y, test_x, k=30))
+    torch.testing.assert_close(
+        knn_predict(train_x, train_y, test_x, k=500), knn_predict(train_x, train_y, test_x, k=30)
+    )
     # num_classes defaults to max label + 1; int32 labels work too.
     assert knn_predict(train_x, train_y.int(), test_x, k=3).shape == (17, 3)
 
@@ -304,6 +305,7 @@ def test_extract_features_of_a_bound_method_evaluates_its_module_in_eval_mode():
 
 def test_fit_epochs_to_budget_replans_after_the_first_epoch_only():
     from sslbook.eval import fit_epochs_to_budget
+
     assert fit_epochs_to_budget(30, 1, 0.5, None) == (30, False)  # no budget: nothing changes
     assert fit_epochs_to_budget(30, 1, 0.5, 2.0) == (4, False)  # 2 min at 0.5 min/epoch
     assert fit_epochs_to_budget(30, 1, 3.0, 2.0) == (1, True)  # the first epoch overran: stop after it

@@ -121,9 +121,7 @@ def loop_nt_xent(z1, z2, temperature):
     for a in range(2 * n):
         partner = a + n if a < n else a - n
         numerator = math.exp(np.dot(views[a], views[partner]) / temperature)
-        denominator = sum(
-            math.exp(np.dot(views[a], views[b]) / temperature) for b in range(2 * n) if b != a
-        )
+        denominator = sum(math.exp(np.dot(views[a], views[b]) / temperature) for b in range(2 * n) if b != a)
         total += -math.log(numerator / denominator)
     return total / (2 * n)
 
@@ -270,8 +268,9 @@ def test_multi_positive_nt_xent_by_hand():
 def test_multi_positive_nt_xent_with_pairs_is_nt_xent(gen):
     z1, z2 = randn(gen, 6, 4), randn(gen, 6, 4)
     groups = torch.arange(6).repeat(2)
-    assert L.multi_positive_nt_xent(torch.cat([z1, z2]), groups, 0.3).item() == \
-        pytest.approx(L.nt_xent(z1, z2, 0.3).item(), rel=1e-10)
+    assert L.multi_positive_nt_xent(torch.cat([z1, z2]), groups, 0.3).item() == pytest.approx(
+        L.nt_xent(z1, z2, 0.3).item(), rel=1e-10
+    )
     with pytest.raises(ValueError, match="groups \\[5\\]"):
         L.multi_positive_nt_xent(randn(gen, 5, 3), torch.tensor([0, 0, 1, 1, 5]))
 
@@ -392,9 +391,7 @@ def test_sinkhorn_matches_loop(gen):
     scores = normed(gen, 4, 3) @ normed(gen, 3, 3).T  # cosine scores, B=4, K=3
     for epsilon, iterations in [(0.05, 3), (0.5, 1), (0.2, 10)]:
         codes = L.sinkhorn(scores, epsilon, iterations)
-        np.testing.assert_allclose(
-            codes.numpy(), loop_sinkhorn(scores, epsilon, iterations), rtol=1e-9, atol=1e-12
-        )
+        np.testing.assert_allclose(codes.numpy(), loop_sinkhorn(scores, epsilon, iterations), rtol=1e-9, atol=1e-12)
 
 
 def test_sinkhorn_marginals(gen):
@@ -405,6 +402,7 @@ def test_sinkhorn_marginals(gen):
     assert torch.all(codes >= 0)
     # Each sample's code is a probability vector (exactly, after the last column step).
     torch.testing.assert_close(codes.sum(1), torch.ones(b, dtype=codes.dtype))
+
     # Equipartition: each prototype gets B/K samples' worth of mass. With SwAV's 3
     # iterations this holds only roughly; the gap shrinks with every iteration and
     # vanishes in the limit.
@@ -417,9 +415,7 @@ def test_sinkhorn_marginals(gen):
     softmax_usage = np.sum([np.exp(row / 0.05) / np.exp(row / 0.05).sum() for row in scores.numpy()], 0)
     assert imbalance(3) < np.abs(softmax_usage - b / k).max()
     codes_many = L.sinkhorn(scores, epsilon=0.05, iterations=200)
-    torch.testing.assert_close(
-        codes_many.sum(0), torch.full((k,), b / k, dtype=codes.dtype), rtol=1e-6, atol=0
-    )
+    torch.testing.assert_close(codes_many.sum(0), torch.full((k,), b / k, dtype=codes.dtype), rtol=1e-6, atol=0)
 
 
 def test_sinkhorn_equipartition_beats_argmax(gen):
@@ -485,9 +481,7 @@ def test_sinkhorn_distributed_matches_single_process(gen):
 
     def run(rank):
         local = scores[rank * 4 : (rank + 1) * 4]
-        results[rank] = L.sinkhorn(
-            local, 0.05, 3, world_size=world_size, all_reduce=make_all_reduce(rank)
-        )
+        results[rank] = L.sinkhorn(local, 0.05, 3, world_size=world_size, all_reduce=make_all_reduce(rank))
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
     for thread in threads:

@@ -8,15 +8,17 @@ import torch
 
 from conftest import tiny_encoder
 from sslbook.config import load_config
-from sslbook.eval import same_class_neighbour_rate
-from sslbook.methods.simclr import SimCLR, annealed_temperature
+from sslbook.diagnostics import same_class_neighbour_rate
+from sslbook.methods import build_method
+from sslbook.methods.simclr import SimCLR
+from sslbook.methods.simclr_annealed import AnnealedSimCLR, annealed_temperature
 from sslbook.trainer import build_model
 
 
 def test_annealed_temperature_values():
     assert annealed_temperature(0.5, 1) == pytest.approx(0.5)
     assert annealed_temperature(0.5, math.e) == pytest.approx(0.25)
-    assert annealed_temperature(0.5, math.e ** 2) == pytest.approx(0.5 / 3)
+    assert annealed_temperature(0.5, math.e**2) == pytest.approx(0.5 / 3)
     with pytest.raises(ValueError, match="starts at 1"):
         annealed_temperature(0.5, 0)
 
@@ -27,7 +29,7 @@ def _views(n=8, seed=0):
 
 
 def test_log_schedule_cools_with_steps_and_constant_stays():
-    log = SimCLR(tiny_encoder(), temperature=0.5, temperature_schedule="log")
+    log = AnnealedSimCLR(tiny_encoder(), temperature=0.5)
     const = SimCLR(tiny_encoder(), temperature=0.5)
     taus = []
     for _ in range(3):
@@ -41,18 +43,19 @@ def test_log_schedule_cools_with_steps_and_constant_stays():
 
 
 def test_log_schedule_step_survives_a_checkpoint_round_trip():
-    a = SimCLR(tiny_encoder(), temperature_schedule="log")
+    a = AnnealedSimCLR(tiny_encoder())
     for _ in range(5):
         a.after_optimizer_step(0.0)
-    b = SimCLR(tiny_encoder(), temperature_schedule="log")
+    b = AnnealedSimCLR(tiny_encoder())
     b.load_state_dict(a.state_dict())
     assert int(b.steps_done) == 5 and b.current_temperature() == pytest.approx(annealed_temperature(0.5, 6))
 
 
 def test_the_loss_uses_the_annealed_temperature():
     from sslbook.losses import nt_xent
+
     torch.manual_seed(0)
-    m = SimCLR(tiny_encoder(), temperature=0.5, temperature_schedule="log").eval()
+    m = AnnealedSimCLR(tiny_encoder(), temperature=0.5).eval()
     for _ in range(9):
         m.after_optimizer_step(0.0)
     views = _views()
@@ -64,12 +67,19 @@ def test_the_loss_uses_the_annealed_temperature():
 
 def test_unknown_schedule_is_one_line_error():
     with pytest.raises(ValueError, match="temperature_schedule must be one of constant, log, got 'cosine'"):
-        SimCLR(tiny_encoder(), temperature_schedule="cosine")
+        build_method("simclr", tiny_encoder(), temperature_schedule="cosine")
+    with pytest.raises(ValueError, match="temperature_schedule must be one of constant, log, got 'cosine'"):
+        AnnealedSimCLR(tiny_encoder(), temperature_schedule="cosine")
 
 
 def test_schedule_from_config_override():
     cfg = load_config("cifar10/simclr", ["profile=smoke", "model.width=4", "method_args.temperature_schedule=log"])
-    assert build_model(cfg).temperature_schedule == "log"
+    assert build_model(cfg).temperature_schedule == "log"  # the older spelling builds the annealed subclass
+    assert isinstance(build_model(cfg), AnnealedSimCLR)
+    cfg = load_config("cifar10/simclr", ["profile=smoke", "model.width=4", "method=simclr_annealed"])
+    assert type(build_model(cfg)) is AnnealedSimCLR
+    cfg = load_config("cifar10/simclr", ["profile=smoke", "model.width=4", "method_args.temperature_schedule=constant"])
+    assert type(build_model(cfg)) is SimCLR
 
 
 def test_same_class_neighbour_rate_by_hand():
@@ -94,8 +104,9 @@ def test_same_class_neighbour_rate_checks_arguments():
 
 
 def test_alignment_uniformity_of_a_constant_and_an_identity_encoder():
-    from sslbook.eval import alignment_uniformity
+    from sslbook.diagnostics import alignment_uniformity
     from sslbook.losses import uniformity
+
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=g)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -104,7 +115,7 @@ def test_alignment_uniformity_of_a_constant_and_an_identity_encoder():
     assert const["images"] == 32
     # An encoder that ignores the augmentation's randomness has alignment 0 and the uniformity of its outputs.
     code = torch.randn(256, 8, generator=g)
-    fixed = lambda x: code[:len(x)]  # noqa: E731 - same output for both views
+    fixed = lambda x: code[: len(x)]  # noqa: E731 - same output for both views
     r = alignment_uniformity(fixed, images, mean, std, max_images=32)
     assert r["alignment"] == pytest.approx(0.0)
     assert r["uniformity"] == pytest.approx(float(uniformity(torch.nn.functional.normalize(code[:32], dim=1))))
@@ -120,6 +131,7 @@ def test_layer_trust_ratios_match_the_formula_and_leave_no_gradients():
     from torch import nn
 
     from sslbook.optim import layer_trust_ratios, trust_ratio
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
     x = torch.randn(16, 4)

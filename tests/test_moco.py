@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_distributed import run_processes
 from torch import nn
 
 from conftest import tiny_dataset
@@ -16,15 +17,19 @@ from sslbook.losses import info_nce, info_nce_logits
 from sslbook.methods.moco import MoCo, SplitBatchNorm, shuffle_batch, split_batchnorm, unshuffle_batch
 from sslbook.models import resnet
 from sslbook.trainer import read_checkpoint, train
-from test_distributed import run_processes
 
 
 class TinyEncoder(nn.Sequential):
     """conv-BN-ReLU-pool: small, but with the BatchNorm that Shuffle BN is about."""
 
     def __init__(self, width: int = 8):
-        super().__init__(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        super().__init__(
+            nn.Conv2d(3, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.feature_dim = width
 
 
@@ -61,7 +66,7 @@ def test_logits_put_the_positive_first_and_the_loss_is_cross_entropy_against_zer
     torch.testing.assert_close(out["loss"], expected)
     assert 0 <= float(out["contrast_acc"]) <= 100 and out["z"].shape == (8, 4) and not out["z"].requires_grad
     # ... and the keys went into the queue after the loss was computed.
-    assert torch.allclose(method.queue[ptr:ptr + 8], k) and int(method.queue_ptr) == ptr + 8
+    assert torch.allclose(method.queue[ptr : ptr + 8], k) and int(method.queue_ptr) == ptr + 8
 
 
 def test_symmetric_loss_adds_the_swapped_pair_and_enqueues_both():
@@ -176,6 +181,48 @@ def test_split_batchnorm_normalises_each_split_with_its_own_statistics():
     torch.testing.assert_close(bn1d(z), ref)
 
 
+@pytest.mark.parametrize(
+    "shape, momentum, channels_last",
+    [
+        ((16, 3, 5, 5), 0.1, False),
+        ((16, 3, 5, 5), None, False),
+        ((24, 4, 3, 3), 0.1, True),
+        ((16, 6), 0.1, False),
+        ((18, 3, 5, 5), 0.1, True),
+    ],
+)  # 18 = 5 + 5 + 4 + 4: sub-batches of unequal size
+def test_fused_split_batchnorm_equals_the_loop_over_splits(shape, momentum, channels_last):
+    """SplitBatchNormFunction = F.batch_norm on each contiguous sub-batch and torch.cat: outputs, running
+    statistics (two steps, so the averaging compounds) and gradients of input, weight and bias, to 1e-6."""
+    layers = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        layer = SplitBatchNorm(shape[1], 4, momentum=momentum).double()
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 2)
+            layer.bias.uniform_(-1, 1)
+        layers.append(layer)
+    fused, loop = layers
+    loop.forward_fused = loop.forward_loop  # the reference: S F.batch_norm calls and a torch.cat
+    for _ in range(2):
+        x = torch.randn(*shape, dtype=torch.float64) * 3 + torch.arange(shape[1]).view(1, -1, *[1] * (len(shape) - 2))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(*shape, dtype=torch.float64)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = fused(xa), loop(xb)
+        torch.testing.assert_close(ya, yb, rtol=0, atol=1e-6)
+        if channels_last:  # the output keeps the input's memory format
+            assert ya.is_contiguous(memory_format=torch.channels_last)
+        ga = torch.autograd.grad(ya, (xa, fused.weight, fused.bias), grad)
+        gb = torch.autograd.grad(yb, (xb, loop.weight, loop.bias), grad)
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(fused, name), getattr(loop, name), rtol=0, atol=1e-6)
+    assert not torch.equal(fused.running_mean, torch.zeros(shape[1], dtype=torch.float64))
+
+
 def test_conversion_reaches_every_bn_and_keeps_eval_outputs():
     torch.manual_seed(0)
     net = resnet(18, "cifar", width=4).eval()
@@ -188,8 +235,9 @@ def test_conversion_reaches_every_bn_and_keeps_eval_outputs():
     torch.testing.assert_close(net(x), before)
     method = MoCo(resnet(18, "cifar", width=4), shuffle_bn_splits=8)
     assert all(m.num_splits == 8 for m in method.modules() if isinstance(m, SplitBatchNorm))
-    assert not any(isinstance(m, SplitBatchNorm) for m in MoCo(resnet(18, "cifar", width=4),
-                                                               shuffle_bn_splits=1).modules())
+    assert not any(
+        isinstance(m, SplitBatchNorm) for m in MoCo(resnet(18, "cifar", width=4), shuffle_bn_splits=1).modules()
+    )
 
 
 def test_shuffle_unshuffle_round_trip():
@@ -219,9 +267,24 @@ def test_keys_are_encoded_shuffled_in_split_bn_and_returned_in_order():
 
 # --------------------------------------------------------------------------- through the trainer
 def config(tmp_path, *overrides, name="run"):
-    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=16", "epochs=3", "eval_every=0",
-                              "progress=false", "verbose=false", "log_every=2", "max_minutes=null",
-                              f"out_dir={tmp_path / name}", "resume=never", "augment=moco_v2", *overrides])
+    return load_config(
+        None,
+        [
+            "profile=smoke",
+            "model.width=4",
+            "batch_size=16",
+            "epochs=3",
+            "eval_every=0",
+            "progress=false",
+            "verbose=false",
+            "log_every=2",
+            "max_minutes=null",
+            f"out_dir={tmp_path / name}",
+            "resume=never",
+            "augment=moco_v2",
+            *overrides,
+        ],
+    )
 
 
 def data():
@@ -230,8 +293,15 @@ def data():
 
 def trainer_moco():
     torch.manual_seed(0)  # the same initial weights and queue for every run of a test
-    return MoCo(resnet(18, "cifar", width=4), dim=16, queue_size=40, momentum=0.99, temperature=0.1,
-                shuffle_bn_splits=4, symmetric=True)
+    return MoCo(
+        resnet(18, "cifar", width=4),
+        dim=16,
+        queue_size=40,
+        momentum=0.99,
+        temperature=0.1,
+        shuffle_bn_splits=4,
+        symmetric=True,
+    )
 
 
 def state(method):
@@ -289,8 +359,9 @@ GLOBAL_BATCH = 16
 
 
 def _ddp_moco(splits: int) -> MoCo:
-    return MoCo(TinyEncoder(), dim=4, hidden_dim=8, queue_size=40, momentum=0.9, temperature=0.2,
-                shuffle_bn_splits=splits)
+    return MoCo(
+        TinyEncoder(), dim=4, hidden_dim=8, queue_size=40, momentum=0.9, temperature=0.2, shuffle_bn_splits=splits
+    )
 
 
 def _step(method, model, x_q, x_k, seed=7):
@@ -320,8 +391,18 @@ def _ddp_worker(rank, world, out_dir):
     back = unshuffle_batch(shuffled, perm)
     # Rank 1 draws a different permutation from rank 0's, which must be ignored.
     loss, keys = _step(method, DDP(method), x_q[rows], x_k[rows], seed=7 + 100 * rank)
-    torch.save({"loss": loss, "keys": keys, "state": method.state_dict(), "back": back, "tagged": tagged,
-                "shuffled": shuffled, "perm": perm}, Path(out_dir) / f"rank{rank}.pt")
+    torch.save(
+        {
+            "loss": loss,
+            "keys": keys,
+            "state": method.state_dict(),
+            "back": back,
+            "tagged": tagged,
+            "shuffled": shuffled,
+            "perm": perm,
+        },
+        Path(out_dir) / f"rank{rank}.pt",
+    )
 
 
 @pytest.mark.slow

@@ -312,12 +312,15 @@ def test_prototypes_unit_rows():
 # --- Determinism ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [
-    lambda: resnet(18, width=8),
-    lambda: vit_tiny(dim=32, depth=1, heads=2),
-    lambda: simsiam_projector(16, 8, 12),
-    lambda: Prototypes(8, 5),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: resnet(18, width=8),
+        lambda: vit_tiny(dim=32, depth=1, heads=2),
+        lambda: simsiam_projector(16, 8, 12),
+        lambda: Prototypes(8, 5),
+    ],
+)
 def test_same_seed_same_init(build):
     torch.manual_seed(123)
     a = build().state_dict()

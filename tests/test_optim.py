@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -38,8 +40,12 @@ def test_bias_and_norm_are_excluded():
 def test_lars_step_matches_formula():
     w = nn.Parameter(torch.tensor([3.0, 4.0]))  # |w| = 5
     b = nn.Parameter(torch.tensor([1.0]))
-    opt = LARS([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
-               lr=0.5, momentum=0.9, eta=0.01)
+    opt = LARS(
+        [{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
+        lr=0.5,
+        momentum=0.9,
+        eta=0.01,
+    )
     w.grad, b.grad = torch.tensor([0.0, 1.0]), torch.tensor([2.0])
     g = w.grad + 0.1 * w.detach()  # decayed gradient
     trust = 0.01 * 5.0 / g.norm()
@@ -66,3 +72,48 @@ def test_build_optimizer(name, cls):
     assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="sgd, adamw or lars"):
         build_optimizer(model, OptimConfig(name="adam"), 256)
+
+
+def test_a_method_parameter_group_keeps_its_own_settings():
+    from conftest import tiny_encoder
+    from sslbook.methods.simsiam import SimSiam
+    from sslbook.optim import set_lr
+
+    method = SimSiam(tiny_encoder(), dim=16, pred_dim=4, projector_layers=2, fix_predictor_lr=True)
+    opt = build_optimizer(method, OptimConfig(lr=0.1, lr_batch=256, weight_decay=0.5), batch_size=512)
+    predictor = {id(p) for p in method.predictor.parameters()}
+    fixed = [g for g in opt.param_groups if g.get("fixed_lr")]
+    # The predictor's weights (decayed) and its biases/BN parameters (not decayed), both at a fixed lr.
+    assert {id(p) for g in fixed for p in g["params"]} == predictor and len(fixed) == 2
+    assert sorted(g["weight_decay"] for g in fixed) == [0.0, 0.5]
+    assert not predictor & {id(p) for g in opt.param_groups if not g.get("fixed_lr") for p in g["params"]}
+    peak, total = 0.2, 100
+    for step in (0, 50, 99):
+        lr = lr_at(step, total, 0, peak)
+        set_lr(opt, lr, peak)
+        for g in opt.param_groups:
+            assert g["lr"] == (0.2 if g.get("fixed_lr") else lr)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+
+
+def test_lr_scale_and_unknown_group_settings():
+    from sslbook.optim import set_lr
+
+    class Scaled(nn.Module):
+        def __init__(self, settings):
+            super().__init__()
+            self.a, self.b, self.settings = nn.Linear(2, 2), nn.Linear(2, 2), settings
+
+        def param_groups(self):
+            return [{"params": list(self.b.parameters()), **self.settings}]
+
+    opt = build_optimizer(Scaled({"lr_scale": 0.1, "weight_decay": 0.0}), OptimConfig(lr=1.0, lr_batch=256), 256)
+    set_lr(opt, 0.5, 1.0)
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
+        (0.5, 5e-4),
+        (0.5, 0.0),
+        (0.05, 0.0),
+        (0.05, 0.0),
+    ]
+    with pytest.raises(ValueError, match=r"unknown parameter-group settings \['momentum'\]"):
+        build_optimizer(Scaled({"momentum": 0.5}), OptimConfig(), 256)

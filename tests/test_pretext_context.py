@@ -5,15 +5,26 @@ import math
 import pytest
 import torch
 
-from conftest import (tiny_encoder as encoder, random_batch as batch,
-                      seeded_sgd_step, tiny_datasets, tiny_run_config)
+from conftest import random_batch as batch
+from conftest import seeded_sgd_step, tiny_datasets, tiny_run_config
+from conftest import tiny_encoder as encoder
 from sslbook.config import load_config
 from sslbook.methods.jigsaw import Jigsaw
 from sslbook.methods.relative_patch import RelativePatch
 from sslbook.methods.rotation import RotNet
-from sslbook.pretext import (CENTRE, NEIGHBOUR_CELLS, NEIGHBOURS, hamming_distances, hamming_permutation_set,
-                             jigsaw_puzzle, jigsaw_tiles, patch_grid, relative_patch_pairs, rotate_batch,
-                             standardize_tiles)
+from sslbook.pretext import (
+    CENTRE,
+    NEIGHBOUR_CELLS,
+    NEIGHBOURS,
+    hamming_distances,
+    hamming_permutation_set,
+    jigsaw_puzzle,
+    jigsaw_tiles,
+    patch_grid,
+    relative_patch_pairs,
+    rotate_batch,
+    standardize_tiles,
+)
 from sslbook.trainer import build_augment, build_model, train
 
 torch.set_num_threads(1)  # tiny tensors: a second thread only adds contention on a shared CPU
@@ -126,7 +137,7 @@ def test_jigsaw_label_is_the_index_of_its_permutation_and_unpermuting_recovers_t
         order = perm_set[labels[b]]
         for slot in range(9):  # slot k holds cell order[k]
             r, c = divmod(int(order[slot]), 3)
-            assert torch.equal(tiles[b, slot], x[b, :, 10 * r:10 * r + 10, 10 * c:10 * c + 10])
+            assert torch.equal(tiles[b, slot], x[b, :, 10 * r : 10 * r + 10, 10 * c : 10 * c + 10])
         cells = tiles[b][order.argsort()]  # un-permute: back to cell order
         image = cells.reshape(3, 3, 3, 10, 10).permute(2, 0, 3, 1, 4).reshape(3, 30, 30)
         assert torch.equal(image, x[b])
@@ -214,8 +225,11 @@ def test_gray_patches_are_the_luma_of_the_pixels_renormalised():
 
 # --------------------------------------------------------------------------- the methods
 def make(cls, width=4):
-    kwargs = {RotNet: {}, Jigsaw: dict(num_permutations=24, selection="min", hidden_dim=32),
-              RelativePatch: dict(hidden_dim=32, patch=3, gap=2, jitter=1)}[cls]
+    kwargs = {
+        RotNet: {},
+        Jigsaw: dict(num_permutations=24, selection="min", hidden_dim=32),
+        RelativePatch: dict(hidden_dim=32, patch=3, gap=2, jitter=1),
+    }[cls]
     return cls(encoder(width), **kwargs)
 
 

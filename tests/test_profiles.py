@@ -37,3 +37,13 @@ def test_profiles_scale_up():
     assert smoke.train_images is not None and cpu.train_images is None
     assert smoke.subset(50000) == smoke.train_images and cpu.subset(50000) == 50000
     assert smoke.subset(10000, "test") == smoke.test_images
+
+
+def test_unknown_profile_names_where_it_came_from(monkeypatch):
+    monkeypatch.delenv("SSLBOOK_PROFILE", raising=False)
+    message = r"^unknown profile 'tpu' \(from profile\): set profile to one of smoke, cpu, gpu$"
+    with pytest.raises(ValueError, match=message):
+        get_profile("tpu")
+    monkeypatch.setenv("SSLBOOK_PROFILE", "tpu")
+    with pytest.raises(ValueError, match=r"\(from SSLBOOK_PROFILE\): set SSLBOOK_PROFILE to one of"):
+        get_profile()

@@ -25,8 +25,7 @@ def views(n=8, side=16, seed=0):
 
 def simsiam(stop_gradient=True, seed=0):
     torch.manual_seed(seed)
-    return SimSiam(resnet(18, "cifar", width=4), dim=32, pred_dim=8, stop_gradient=stop_gradient,
-                   projector_layers=2)
+    return SimSiam(resnet(18, "cifar", width=4), dim=32, pred_dim=8, stop_gradient=stop_gradient, projector_layers=2)
 
 
 def byol(seed=0, **kw):
@@ -61,8 +60,10 @@ def test_simsiam_loss_is_algorithm_1_by_hand():
     z1, z2 = z_out
     p1, p2 = p_out
     assert torch.allclose(out["loss"], negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2)
-    by_hand = -(F.normalize(p1, dim=1) * F.normalize(z2, dim=1)).sum(1).mean() / 2 \
+    by_hand = (
+        -(F.normalize(p1, dim=1) * F.normalize(z2, dim=1)).sum(1).mean() / 2
         - (F.normalize(p2, dim=1) * F.normalize(z1, dim=1)).sum(1).mean() / 2
+    )
     assert torch.allclose(out["loss"], by_hand, atol=1e-6)
     assert torch.equal(out["z"], z1.detach()) and not out["z"].requires_grad
     assert -1 <= out["loss"].item() <= 1
@@ -141,8 +142,11 @@ def test_simsiam_trains_through_the_trainer(tmp_path):
     assert all(-1 <= r["loss"] <= 1 and r["output_std"] >= 0 for r in steps)
     assert 0 <= result.results["knn200_top1"] <= 100
     # The collapse experiment's arm runs too (method_args.stop_gradient=false in the notebook).
-    no_sg = train(config(tmp_path, "augment=simsiam", "epochs=1", "final_eval=false", name="nosg"),
-                  method=simsiam(stop_gradient=False), datasets=data())
+    no_sg = train(
+        config(tmp_path, "augment=simsiam", "epochs=1", "final_eval=false", name="nosg"),
+        method=simsiam(stop_gradient=False),
+        datasets=data(),
+    )
     assert no_sg.results["steps"] == 4 and no_sg.method.stop_gradient is False
 
 
@@ -228,8 +232,7 @@ def test_ema_update_is_equation_1():
         for p in copy_all.backbone.parameters():
             p.add_(1.0)
     copy_all.after_optimizer_step(0.3)
-    assert all(torch.equal(a, b) for a, b in zip(copy_all.backbone.parameters(),
-                                                  copy_all.target_backbone.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(copy_all.backbone.parameters(), copy_all.target_backbone.parameters()))
 
 
 def test_byol_step_changes_parameters_and_is_deterministic():
@@ -255,14 +258,21 @@ def test_byol_trains_logs_tau_and_resumes_mid_epoch_exactly(tmp_path):
     steps = [r for r in whole.log() if "loss" in r and "step" in r]
     assert whole.results["steps"] == 8 and "tau" in steps[0] and "output_std" in steps[0]
     # The tau logged at step k is the one used by the EMA update after step k-1 (progress (k-1)/8).
-    assert [r["tau"] for r in steps[1:]] == pytest.approx([1 - 0.1 * (math.cos(math.pi * k / 8) + 1) / 2
-                                                           for k in range(1, 8)], abs=1e-6)
-    part = train(config(tmp_path, "augment=byol", "max_steps=3", "final_eval=false", name="split"), method=byol(**kw),
-                 datasets=data())
+    assert [r["tau"] for r in steps[1:]] == pytest.approx(
+        [1 - 0.1 * (math.cos(math.pi * k / 8) + 1) / 2 for k in range(1, 8)], abs=1e-6
+    )
+    part = train(
+        config(tmp_path, "augment=byol", "max_steps=3", "final_eval=false", name="split"),
+        method=byol(**kw),
+        datasets=data(),
+    )
     assert part.results["steps"] == 3  # stopped mid-epoch (4 steps per epoch)
     assert not read_checkpoint(tmp_path / "split" / "checkpoint.pt")["state"]["finished"]
-    resumed = train(config(tmp_path, "augment=byol", "resume=auto", "final_eval=false", name="split"),
-                    method=byol(**kw), datasets=data())
+    resumed = train(
+        config(tmp_path, "augment=byol", "resume=auto", "final_eval=false", name="split"),
+        method=byol(**kw),
+        datasets=data(),
+    )
     assert resumed.results["steps"] == 8
     a, b = full_state(whole.method), full_state(resumed.method)
     assert a.keys() == b.keys()

@@ -1,5 +1,6 @@
 """SwAV (sslbook.methods.swav): codes, swapped prediction, multi-crop, frozen prototypes, queue."""
 
+import copy
 import os
 import socket
 import time
@@ -227,6 +228,82 @@ def test_small_batch_codes_are_capped_and_the_queue_sharpens_them():
     assert method.assign(scores).max(1).values.mean() > alone.max(1).values.mean()
 
 
+# --------------------------------------------------------------------------- faster code, same numbers
+# sinkhorn and swav_loss as they were before the speed-up (sinkhorn divided Q twice per half-step;
+# swav_loss recomputed log_softmax for every (target, crop) pair). Kept to check the new code against.
+@torch.no_grad()
+def old_sinkhorn(scores, epsilon=0.05, iterations=3, world_size=1, all_reduce=None):
+    input_dtype, scores = scores.dtype, scores.double()
+    q = torch.exp((scores - scores.max()) / epsilon).T
+    num_prototypes, batch_size = q.shape
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / num_prototypes
+        q = q / q.sum(dim=0, keepdim=True) / batch_size
+    return (q * batch_size).T.to(input_dtype)
+
+
+def old_swav_loss(scores, codes, temperature=0.1):
+    pair_losses = []
+    for t, q_t in enumerate(codes):
+        for v, scores_v in enumerate(scores):
+            if v != t:
+                pair_losses.append(-(q_t.detach() * F.log_softmax(scores_v / temperature, dim=1)).sum(dim=1).mean())
+    return torch.stack(pair_losses).mean()
+
+
+def test_sinkhorn_and_loss_equal_the_old_code_at_cifar_sizes():
+    # The CIFAR recipe: B = 256, K = 3000 prototypes, 2 global + 6 local crops, epsilon 0.05, tau 0.1.
+    g = torch.Generator().manual_seed(0)
+    prototypes = F.normalize(torch.randn(3000, 128, generator=g), dim=1)
+    scores = [
+        (F.normalize(torch.randn(256, 128, generator=g), dim=1) @ prototypes.T).requires_grad_() for _ in range(8)
+    ]
+    codes = [sinkhorn(s, 0.05, 3) for s in scores[:2]]
+    old_codes = [old_sinkhorn(s, 0.05, 3) for s in scores[:2]]
+    for new, old in zip(codes, old_codes):
+        torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-9)
+    loss = swav_module.swav_loss(scores, codes, 0.1)
+    new_grads = torch.autograd.grad(loss, scores)
+    old_loss = old_swav_loss(scores, codes, 0.1)
+    old_grads = torch.autograd.grad(old_loss, scores)
+    torch.testing.assert_close(loss, old_loss, rtol=1e-6, atol=1e-6)
+    for new, old in zip(new_grads, old_grads):
+        torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-9)
+
+
+def test_training_steps_equal_the_old_code_with_multicrop_and_queue(monkeypatch):
+    # Each step is taken twice from the same state, with the new and with the old sinkhorn and
+    # swav_loss: same loss, codes, gradients and queue. (Two separate trajectories would drift apart
+    # by float32 rounding alone: Sinkhorn's exp(s / 0.05) magnifies every difference.)
+    def step(method, views, old):
+        with monkeypatch.context() as patch:
+            if old:
+                patch.setattr(swav_module, "sinkhorn", old_sinkhorn)
+                patch.setattr(swav_module, "swav_loss", old_swav_loss)
+            method.zero_grad()
+            out = method(views, None)
+            out["loss"].backward()
+        method.before_optimizer_step(0)
+        grads = torch.cat([p.grad.flatten() for p in method.parameters()])
+        return out["loss"].detach(), out["code_max"], grads, method.queue.clone()
+
+    torch.manual_seed(0)
+    method = tiny_swav(num_prototypes=30, queue_length=32, queue_start_epoch=0, freeze_prototypes_epochs=0)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
+    for seed in range(3):  # the queue joins Sinkhorn from the second step on
+        views = views_of(batch=16, sizes=(32, 32, 18, 18, 18), seed=seed)
+        twin = copy.deepcopy(method)
+        loss, code_max, grads, queue = step(method, views, old=False)
+        old_loss, old_code_max, old_grads, old_queue = step(twin, views, old=True)
+        torch.testing.assert_close(loss, old_loss, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(code_max, old_code_max, rtol=1e-6, atol=1e-6)
+        # float32 gradients summed in another order: equal to a few millionths of the largest one
+        torch.testing.assert_close(grads, old_grads, rtol=0, atol=5e-6 * float(old_grads.abs().max()))
+        torch.testing.assert_close(queue, old_queue, rtol=0, atol=1e-6)
+        optimizer.step()
+
+
 # --------------------------------------------------------------------------- training
 def params(method):
     return torch.cat([p.detach().flatten() for p in method.parameters()])
@@ -249,11 +326,26 @@ def test_one_step_changes_parameters_and_is_deterministic():
 
 
 def config(tmp_path, *overrides, name="run"):
-    return load_config(None, ["profile=smoke", "model.width=4", "batch_size=8", "epochs=2", "eval_every=0",
-                              "progress=false", "verbose=false", "log_every=2", "max_minutes=null",
-                              "method=swav", "augment=swav", f"out_dir={tmp_path / name}", "resume=never",
-                              "method_args={hidden_dim: 16, num_prototypes: 20, queue_length: 16, "
-                              "queue_start_epoch: 1}", *overrides])
+    return load_config(
+        None,
+        [
+            "profile=smoke",
+            "model.width=4",
+            "batch_size=8",
+            "epochs=2",
+            "eval_every=0",
+            "progress=false",
+            "verbose=false",
+            "log_every=2",
+            "max_minutes=null",
+            "method=swav",
+            "augment=swav",
+            f"out_dir={tmp_path / name}",
+            "resume=never",
+            "method_args={hidden_dim: 16, num_prototypes: 20, queue_length: 16, queue_start_epoch: 1}",
+            *overrides,
+        ],
+    )
 
 
 def swav_for(cfg):
@@ -300,8 +392,9 @@ def test_configs_build():
 
 # --------------------------------------------------------------------------- two processes
 def _ddp_entry(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         distributed.init_from_env()
@@ -320,8 +413,11 @@ def _queue_and_codes(rank=0, world=1):
     local = slice(rank * 4 // world, (rank + 1) * 4 // world)
     for z in batches:
         method._enqueue([z[local], -z[local]])
-    return {"queue": method.queue.clone(), "filled": int(method.queue_filled),
-            "codes": method.assign(scores[local], crop=1)}
+    return {
+        "queue": method.queue.clone(),
+        "filled": int(method.queue_filled),
+        "codes": method.assign(scores[local], crop=1),
+    }
 
 
 @pytest.mark.slow
@@ -329,8 +425,7 @@ def test_two_processes_share_the_queue_and_match_one_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    context = mp.start_processes(_ddp_entry, args=(2, port, str(tmp_path)), nprocs=2, join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(_ddp_entry, args=(2, port, str(tmp_path)), nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + 50
     while not context.join(timeout=1.0):
         if time.monotonic() > deadline:

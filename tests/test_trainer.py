@@ -1,9 +1,11 @@
 import json
+import math
 
 import pytest
 import torch
 
 from conftest import tiny_datasets, tiny_run_config
+from sslbook.config import ConfigError
 from sslbook.methods.simclr import SimCLR
 from sslbook.models import resnet
 from sslbook.trainer import CheckpointError, TrainingDiverged, read_checkpoint, train
@@ -57,7 +59,7 @@ def test_refuses_to_overwrite_and_checks_resume(tmp_path):
     train(config(tmp_path, "max_steps=2", name="r"), datasets=data())
     with pytest.raises(CheckpointError, match="already holds a run.*resume=auto.*overwrite=true"):
         train(config(tmp_path, name="r"), datasets=data())
-    with pytest.raises(CheckpointError, match="model="):
+    with pytest.raises(CheckpointError, match=r"holds a different network \(model.width=4 there, 8 here\)"):
         train(config(tmp_path, "resume=auto", "model.width=8", name="r"), datasets=data())
     train(config(tmp_path, "overwrite=true", "max_steps=1", name="r"), datasets=data())
 
@@ -86,7 +88,11 @@ class ExplodingSimCLR(SimCLR):
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     method = ExplodingSimCLR(resnet(18, "cifar", width=4))
-    with pytest.raises(TrainingDiverged, match="loss became nan by step 6.*last good checkpoint"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss became nan at step 6; stopped, the last good checkpoint, of "
+        r"step 4 \(.*checkpoint.pt\), is kept",
+    ):
         train(config(tmp_path, name="nan"), method=method, datasets=data())
     ckpt = read_checkpoint(tmp_path / "nan" / "checkpoint.pt")
     assert ckpt["state"]["step"] == 4  # the end of epoch 1, written before things went wrong
@@ -123,3 +129,108 @@ def test_time_budget_plans_the_schedule(tmp_path):
     assert ckpt["state"]["finished"]
     assert 13 <= ckpt["state"]["total_steps"] < 100000 * 4  # fixed from the timed steps, not 400000
     assert result.results["train_minutes"] <= 0.05 * 1.5 + 0.05
+
+
+def test_simsiam_predictor_keeps_a_fixed_lr_while_the_rest_follows_the_cosine(tmp_path):
+    cfg = config(
+        tmp_path,
+        "method=simsiam",
+        "augment=simsiam",
+        "method_args={dim: 16, pred_dim: 4, projector_layers: 2, fix_predictor_lr: true}",
+        "optim.lr=0.5",
+        "optim.lr_batch=16",
+        "epochs=2",
+        "eval_every=0",
+        "final_eval=false",
+    )
+    result = train(cfg, datasets=data())
+    groups = read_checkpoint(tmp_path / "run" / "checkpoint.pt")["optimizer"]["param_groups"]
+    # 8 steps, no warm-up (a tenth of 8 steps rounds to 0); the last step ran at lr_at(7).
+    cosine = 0.5 * 0.5 * (1 + math.cos(math.pi * 7 / 8))
+    assert [(g.get("fixed_lr", False), round(g["lr"], 12)) for g in groups] == [(False, round(cosine, 12))] * 2 + [
+        (True, 0.5)
+    ] * 2
+    assert [r["lr"] for r in result.log() if "lr" in r][-1] == pytest.approx(cosine)
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity(tmp_path):
+    from sslbook.models import BasicBlock
+    from sslbook.trainer import build_model
+
+    method = build_model(config(tmp_path, "model.zero_init_residual=true"))
+    blocks = [m for m in method.backbone.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and all(torch.equal(b.bn2.weight, torch.zeros_like(b.bn2.weight)) for b in blocks)
+    assert all(torch.equal(b.bn1.weight, torch.ones_like(b.bn1.weight)) for b in blocks)
+    default = build_model(config(tmp_path))
+    assert all((m.bn2.weight == 1).all() for m in default.backbone.modules() if isinstance(m, BasicBlock))
+
+
+def test_the_simsiam_configs_follow_the_paper():
+    from sslbook.config import load_config
+
+    for name in ("cifar10/simsiam", "imagenet/simsiam"):
+        cfg = load_config(name, profile="gpu")
+        assert cfg.model.zero_init_residual and cfg.method_args["fix_predictor_lr"] is True
+
+
+def test_methods_get_what_they_declare_they_need_from_the_data(tmp_path):
+    from sslbook.methods import METHODS
+    from sslbook.trainer import build_model, method_from_checkpoint
+
+    train_set, test_set = data()
+    result = train(
+        config(tmp_path, "method=supervised", "augment=simclr", "epochs=1", "eval_every=0"),
+        datasets=(train_set, test_set),
+    )
+    assert METHODS["supervised"].data_needs == ("labels",)
+    assert torch.equal(result.method.labels, train_set.labels)  # the training labels, by dataset index
+    restored, _ = method_from_checkpoint(tmp_path / "run" / "checkpoint.pt")  # rebuilt with num_data
+    assert torch.equal(restored.labels, train_set.labels)
+    bank = build_model(config(tmp_path, "method=instdisc"), num_data=64)
+    assert bank.bank.num_data == 64
+    colour = build_model(config(tmp_path, "method=colorization"), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert colour.mean.flatten().tolist() == [0.5] * 3 and colour.std.flatten().tolist() == [0.25] * 3
+    with pytest.raises(ConfigError, match=r"instdisc needs num_data from the training data"):
+        build_model(config(tmp_path, "method=instdisc"))
+
+
+class SideRecordingSimCLR(SimCLR):
+    """SimCLR that records the side of the views of every step."""
+
+    def forward(self, views, index=None):
+        self.sides = getattr(self, "sides", []) + [views[0].shape[-1]]
+        return super().forward(views, index)
+
+
+def side_recording_simclr():
+    torch.manual_seed(0)  # the same initial weights for every run of the test
+    return SideRecordingSimCLR(resnet(18, "cifar", width=4))
+
+
+def test_progressive_resizing_follows_the_crop_schedule_and_resumes_exactly(tmp_path):
+    schedule = "data.crop_schedule=[[0, 8], [0.5, 12], [0.75, 16]]"
+    whole = side_recording_simclr()
+    train(config(tmp_path, schedule, "epochs=4", "eval_every=2", name="whole"), method=whole, datasets=data())
+    # 4 epochs of 4 steps: epochs 0-1 start before half-way (8 px), epoch 2 at 0.5 (12 px), epoch 3 at 0.75.
+    assert whole.sides == [8] * 8 + [12] * 4 + [16] * 4
+    part = side_recording_simclr()
+    train(
+        config(tmp_path, schedule, "epochs=4", "eval_every=2", "max_steps=10", name="split"),
+        method=part,
+        datasets=data(),
+    )
+    resumed = side_recording_simclr()
+    train(
+        config(tmp_path, schedule, "epochs=4", "eval_every=2", "resume=auto", name="split"),
+        method=resumed,
+        datasets=data(),
+    )
+    assert part.sides + resumed.sides == whole.sides
+    assert torch.equal(params(whole), params(resumed))
+
+
+def test_a_bad_crop_schedule_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="must start at fraction 0 and increase"):
+        config(tmp_path, "data.crop_schedule=[[0.5, 8], [0, 16]]")
+    with pytest.raises(ConfigError, match=r"must be a list of \[fraction, side\] pairs"):
+        config(tmp_path, "data.crop_schedule=[[0, -8]]")

@@ -59,8 +59,14 @@ from .base import Method, momentum_update
 
 
 class BYOL(Method):
-    def __init__(self, backbone, dim: int = 256, hidden_dim: int = 4096, base_momentum: float = 0.996,
-                 final_momentum: float = 1.0):
+    def __init__(
+        self,
+        backbone,
+        dim: int = 256,
+        hidden_dim: int = 4096,
+        base_momentum: float = 0.996,
+        final_momentum: float = 1.0,
+    ):
         """BYOL around ``backbone`` (the online encoder f_theta, evaluated downstream).
 
         Args:

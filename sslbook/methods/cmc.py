@@ -60,6 +60,8 @@ class CMC(Method):
     ``temperature``: T (0.07, the paper's for ImageNet; the official code uses 0.1 for STL-10).
     """
 
+    data_needs = ("mean", "std")  # passed by the trainer (see Method.data_needs)
+
     def __init__(self, backbone, mean=CIFAR10_MEAN, std=CIFAR10_STD, dim: int = 128, temperature: float = 0.07):
         ab_encoder = with_input_channels(copy.deepcopy(backbone), 2)  # f_2, for ab
         super().__init__(with_input_channels(backbone, 1))  # f_1, for L: self.backbone
@@ -76,16 +78,17 @@ class CMC(Method):
         return lab[:, :1], lab[:, 1:]
 
     def forward(self, views, index=None):
-        l, ab = self.split(views[0])  # one augmented image, cut into its two views
-        z_l = F.normalize(self.l_head(self.backbone(l)), dim=1)
+        lightness, ab = self.split(views[0])  # one augmented image, cut into its two views
+        z_l = F.normalize(self.l_head(self.backbone(lightness)), dim=1)
         z_ab = F.normalize(self.ab_head(self.ab_encoder(ab)), dim=1)
         z_l, z_ab = gather_with_grad(z_l), gather_with_grad(z_ab)  # negatives from the global batch
         loss = cmc_loss(z_l.float(), z_ab.float(), self.temperature)  # both directions, summed
         with torch.no_grad():  # how often each view picks its own partner out of the batch
             similarity = z_l.float() @ z_ab.float().T
             target = torch.arange(len(similarity), device=similarity.device)
-            accuracy = ((similarity.argmax(1) == target).float().mean()
-                        + (similarity.argmax(0) == target).float().mean()) * 50
+            accuracy = (
+                (similarity.argmax(1) == target).float().mean() + (similarity.argmax(0) == target).float().mean()
+            ) * 50
         return {"loss": loss, "z": z_l.detach(), "accuracy": accuracy}
 
     @torch.no_grad()
@@ -94,5 +97,5 @@ class CMC(Method):
 
         ``images`` are normalised RGB (as the evaluation passes them); they are split into L and ab here.
         """
-        l, ab = self.split(images)
-        return torch.cat([self.backbone(l), self.ab_encoder(ab)], dim=1)
+        lightness, ab = self.split(images)
+        return torch.cat([self.backbone(lightness), self.ab_encoder(ab)], dim=1)

@@ -54,10 +54,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from ..color import (LAB_CENTER, LAB_HALF_RANGE, ab_bins, annealed_mean, denormalize, lab_to_rgb, normalize_lab,
-                     rebalancing_weights, rgb_to_lab, smooth_distribution, soft_encode)
+from ..color import (
+    LAB_CENTER,
+    LAB_HALF_RANGE,
+    ab_bins,
+    annealed_mean,
+    denormalize,
+    lab_to_rgb,
+    normalize_lab,
+    rebalancing_weights,
+    rgb_to_lab,
+    smooth_distribution,
+    soft_encode,
+)
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 from ..models import with_input_channels
+from ..utils import eval_mode
 from .base import Method
 
 LOSSES = ("classification", "regression")
@@ -67,9 +79,11 @@ def colorization_decoder(in_channels: int, hidden: int, out_channels: int) -> nn
     """Upsample x2 (transposed conv), a 3x3 conv, then a 1x1 conv to ``out_channels`` per pixel."""
     return nn.Sequential(
         nn.ConvTranspose2d(in_channels, hidden, kernel_size=4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(hidden),
+        nn.ReLU(inplace=True),
         nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(hidden),
+        nn.ReLU(inplace=True),
         nn.Conv2d(hidden, out_channels, kernel_size=1),
     )
 
@@ -86,9 +100,21 @@ class Colorization(Method):
     (default: half the encoder's feature width).
     """
 
-    def __init__(self, backbone, mean=CIFAR10_MEAN, std=CIFAR10_STD, loss: str = "classification",
-                 rebalance: bool = True, lam: float = 0.5, neighbours: int = 5, sigma: float = 5.0,
-                 temperature: float = 0.38, decoder_dim: Optional[int] = None):
+    data_needs = ("mean", "std")  # passed by the trainer (see Method.data_needs)
+
+    def __init__(
+        self,
+        backbone,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        loss: str = "classification",
+        rebalance: bool = True,
+        lam: float = 0.5,
+        neighbours: int = 5,
+        sigma: float = 5.0,
+        temperature: float = 0.38,
+        decoder_dim: Optional[int] = None,
+    ):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if not hasattr(backbone, "forward_maps"):
@@ -186,12 +212,7 @@ def colorize(method: Colorization, images: torch.Tensor, temperature: Optional[f
     rgb = images.to(device)
     rgb = rgb.float() / 255 if rgb.dtype == torch.uint8 else rgb.float()
     lab = rgb_to_lab(rgb)
-    flags = [(m, m.training) for m in method.modules()]
-    method.eval()
-    try:
+    with eval_mode(method):
         ab = method.predict_ab(lab, temperature)
-    finally:
-        for m, training in flags:
-            m.training = training
     ab = F.interpolate(ab, size=lab.shape[-2:], mode="bilinear", align_corners=False)
     return lab_to_rgb(torch.cat([lab[:, :1], ab], dim=1)).cpu()

@@ -71,8 +71,9 @@ def overlapping_patches(images: torch.Tensor, patch: int = 8, stride: int = 4) -
         raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
     B, C, H, W = images.shape
     if patch < 1 or stride < 1 or patch > min(H, W):
-        raise ValueError(f"need 1 <= patch <= {min(H, W)} (the image side) and stride >= 1, "
-                         f"got patch={patch}, stride={stride}")
+        raise ValueError(
+            f"need 1 <= patch <= {min(H, W)} (the image side) and stride >= 1, got patch={patch}, stride={stride}"
+        )
     grid = images.unfold(2, patch, stride).unfold(3, patch, stride)  # [B, C, rows, cols, p, p]
     return grid.permute(0, 2, 3, 1, 4, 5).contiguous()
 
@@ -91,12 +92,17 @@ class CausalContext(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 5):
         super().__init__()
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "reduce": nn.Conv2d(dim, hidden, 1),
-            "row": nn.Conv2d(hidden, hidden, (1, 3), padding=(0, 1)),
-            "down": nn.Conv2d(hidden, hidden, (2, 1)),  # on input padded with one row on top: causal
-            "expand": nn.Conv2d(hidden, dim, 1),
-        }) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "reduce": nn.Conv2d(dim, hidden, 1),
+                    "row": nn.Conv2d(hidden, hidden, (1, 3), padding=(0, 1)),
+                    "down": nn.Conv2d(hidden, hidden, (2, 1)),  # on input padded with one row on top: causal
+                    "expand": nn.Conv2d(hidden, dim, 1),
+                }
+            )
+            for _ in range(layers)
+        )
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         c = latents
@@ -119,9 +125,18 @@ class CPC(Method):
     k = steps_to_ignore + 1 .. steps_to_predict below (only k = 3 with the defaults).
     """
 
-    def __init__(self, backbone, patch: int = 8, stride: int = 4, target_dim: int = 64, context_dim: int = 256,
-                 context_layers: int = 5, emb_scale: float = 0.1, steps_to_ignore: int = 2,
-                 steps_to_predict: int = 3):
+    def __init__(
+        self,
+        backbone,
+        patch: int = 8,
+        stride: int = 4,
+        target_dim: int = 64,
+        context_dim: int = 256,
+        context_layers: int = 5,
+        emb_scale: float = 0.1,
+        steps_to_ignore: int = 2,
+        steps_to_predict: int = 3,
+    ):
         super().__init__(backbone)
         if not 0 <= steps_to_ignore < steps_to_predict:
             raise ValueError(f"need 0 <= steps_to_ignore < steps_to_predict, got {steps_to_ignore}, {steps_to_predict}")
@@ -143,8 +158,10 @@ class CPC(Method):
         z = self.latents(views[0])  # [B, dim, rows, cols]
         B, _, rows, cols = z.shape
         if rows <= self.offsets[-1]:
-            raise ValueError(f"a grid of {rows} rows cannot predict {self.offsets[-1]} rows ahead; "
-                             "use smaller patches or stride, or fewer steps")
+            raise ValueError(
+                f"a grid of {rows} rows cannot predict {self.offsets[-1]} rows ahead; "
+                "use smaller patches or stride, or fewer steps"
+            )
         c = self.context(z)
         targets = self.to_target(z)  # [B, t, rows, cols]
         candidates = targets.permute(0, 2, 3, 1).reshape(B * rows * cols, -1)  # row (b*rows + r)*cols + col
@@ -152,9 +169,9 @@ class CPC(Method):
         losses, correct = [], []
         with torch.autocast(z.device.type, enabled=False):  # logits and softmax in float32
             for k, predictor in zip(self.offsets, self.predictors):
-                pred = predictor(c.float())[:, :, :rows - k, :] * self.emb_scale  # context rows 0 .. rows-k-1
+                pred = predictor(c.float())[:, :, : rows - k, :] * self.emb_scale  # context rows 0 .. rows-k-1
                 pred = pred.permute(0, 2, 3, 1).reshape(-1, pred.shape[1])
-                positives = ((b * rows + r + k) * cols + col)[:, :rows - k, :].reshape(-1).to(z.device)
+                positives = ((b * rows + r + k) * cols + col)[:, : rows - k, :].reshape(-1).to(z.device)
                 losses.append(cpc_info_nce(pred, candidates.float(), positives))
                 with torch.no_grad():
                     correct.append((pred @ candidates.float().T).argmax(dim=1) == positives)

@@ -58,15 +58,24 @@ class Jigsaw(Method):
     registered buffer, so a checkpoint carries the exact classes it was trained with.
     """
 
-    def __init__(self, backbone, num_permutations: int = 1000, grid: int = 3, tile: Optional[int] = None,
-                 hidden_dim: int = 4096, selection: str = "mean", permutation_seed: int = 0,
-                 normalize_tiles: bool = True):
+    def __init__(
+        self,
+        backbone,
+        num_permutations: int = 1000,
+        grid: int = 3,
+        tile: Optional[int] = None,
+        hidden_dim: int = 4096,
+        selection: str = "mean",
+        permutation_seed: int = 0,
+        normalize_tiles: bool = True,
+    ):
         super().__init__(backbone)
         self.grid = grid
         self.tile = tile
         self.normalize_tiles = normalize_tiles
-        self.register_buffer("permutations", hamming_permutation_set(num_permutations, grid, permutation_seed,
-                                                                     selection))
+        self.register_buffer(
+            "permutations", hamming_permutation_set(num_permutations, grid, permutation_seed, selection)
+        )
         # fc7 + fc8 of the CFN: on the grid**2 tile features concatenated in slot order.
         self.classifier = mlp(grid * grid * backbone.feature_dim, hidden_dim, num_permutations, num_layers=2)
 

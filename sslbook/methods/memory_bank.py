@@ -85,6 +85,7 @@ from .. import distributed
 from ..losses import estimate_log_normaliser, info_nce, nce_loss
 from ..models import linear_projector
 from ..pretext import jigsaw_tiles
+from ..utils import eval_mode
 from .base import Method
 
 LOSSES = ("nce", "softmax")
@@ -171,17 +172,30 @@ class MemoryBank(nn.Module):
 class MemoryMethod(Method):
     """What InstDisc and PIRL share: the bank, log Z, and the NCE / InfoNCE score against the bank."""
 
-    def __init__(self, backbone, num_data: int, dim: int, num_negatives: Optional[int], temperature: float,
-                 bank_momentum: float, loss: str):
+    data_needs = ("num_data",)  # passed by the trainer (see Method.data_needs)
+
+    def __init__(
+        self,
+        backbone,
+        num_data: int,
+        dim: int,
+        num_negatives: Optional[int],
+        temperature: float,
+        bank_momentum: float,
+        loss: str,
+    ):
         super().__init__(backbone)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if num_negatives is None and loss == "nce":
-            raise ValueError("num_negatives=None (score every bank row: the exact non-parametric softmax) "
-                             "needs loss='softmax'")
+            raise ValueError(
+                "num_negatives=None (score every bank row: the exact non-parametric softmax) needs loss='softmax'"
+            )
         if num_data is None:
-            raise ValueError("a memory-bank method needs num_data = the number of training images "
-                             "(train() passes it when it builds the method from a config)")
+            raise ValueError(
+                "a memory-bank method needs num_data = the number of training images "
+                "(train() passes it when it builds the method from a config)"
+            )
         if not 0 <= bank_momentum < 1:
             raise ValueError(f"bank_momentum must be in [0, 1), got {bank_momentum}")
         self.bank = MemoryBank(num_data, dim)
@@ -210,9 +224,9 @@ class MemoryMethod(Method):
     def scores(self, v: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor):
         """Positive scores m_i . v_i / tau ``[B]`` and noise scores m_j . v_i / tau ``[B, m]``, in float32."""
         with torch.autocast(v.device.type, enabled=False):
-            v = v.float()
-            positive = (v * self.bank(index)).sum(dim=1) / self.temperature
-            negative = v @ self.bank(negatives).T / self.temperature
+            v = v.float() / self.temperature  # 1/tau on the [B, d] features, not on the [B, m] scores
+            positive = (v * self.bank(index)).sum(dim=1)
+            negative = v @ self.bank(negatives).T
         return positive, negative
 
     @torch.no_grad()
@@ -221,8 +235,7 @@ class MemoryMethod(Method):
         if self._log_z_known is None:
             self._log_z_known = bool(torch.isfinite(self.log_z))
         if not self._log_z_known:
-            self.log_z.fill_(estimate_log_normaliser(distributed.gather(negative_scores.float()),
-                                                     self.bank.num_data))
+            self.log_z.fill_(estimate_log_normaliser(distributed.gather(negative_scores.float()), self.bank.num_data))
             self._log_z_known = True
 
     def contrast(self, v: torch.Tensor, index: torch.Tensor, negatives: Optional[torch.Tensor]) -> torch.Tensor:
@@ -236,8 +249,9 @@ class MemoryMethod(Method):
         if self.loss == "softmax":
             with torch.autocast(v.device.type, enabled=False):
                 if negatives is None:
-                    # A copy of the bank: backward needs it after this step's in-place write.
-                    logits = v.float() @ self.bank.vectors.clone().T / self.temperature  # [B, n]
+                    # A copy of the bank: backward needs it after this step's in-place write. 1/tau
+                    # scales the [B, d] features: cheaper than scaling the [B, n] logits.
+                    logits = (v.float() / self.temperature) @ self.bank.vectors.clone().T  # [B, n]
                     return F.cross_entropy(logits, index)
                 return info_nce(v.float(), self.bank(index), self.bank(negatives), self.temperature)
         positive, negative = self.scores(v, index, negatives)
@@ -254,8 +268,16 @@ class InstDisc(MemoryMethod):
     ``num_negatives=None``, the exact softmax over all n bank rows.
     """
 
-    def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: Optional[int] = 4096,
-                 temperature: float = 0.07, bank_momentum: float = 0.5, loss: str = "nce"):
+    def __init__(
+        self,
+        backbone,
+        num_data: int,
+        dim: int = 128,
+        num_negatives: Optional[int] = 4096,
+        temperature: float = 0.07,
+        bank_momentum: float = 0.5,
+        loss: str = "nce",
+    ):
         super().__init__(backbone, num_data, dim, num_negatives, temperature, bank_momentum, loss)
         self.projector = linear_projector(backbone.feature_dim, dim)  # "a linear layer to 128-D"
 
@@ -289,9 +311,19 @@ class PIRL(MemoryMethod):
     scores (the first term computed, as in the authors' VISSL code).
     """
 
-    def __init__(self, backbone, num_data: int, dim: int = 128, num_negatives: Optional[int] = 32000,
-                 temperature: float = 0.07, bank_momentum: float = 0.5, loss_weight: float = 0.5,
-                 grid: int = 3, tile: Optional[int] = None, loss: str = "nce"):
+    def __init__(
+        self,
+        backbone,
+        num_data: int,
+        dim: int = 128,
+        num_negatives: Optional[int] = 32000,
+        temperature: float = 0.07,
+        bank_momentum: float = 0.5,
+        loss_weight: float = 0.5,
+        grid: int = 3,
+        tile: Optional[int] = None,
+        loss: str = "nce",
+    ):
         super().__init__(backbone, num_data, dim, num_negatives, temperature, bank_momentum, loss)
         if not 0 <= loss_weight <= 1:
             raise ValueError(f"loss_weight (lambda) must be in [0, 1], got {loss_weight}")
@@ -324,13 +356,11 @@ class PIRL(MemoryMethod):
         loss_image = self.contrast(v, index, negatives)  # NCE(m_I, f(v_I))
         loss = self.loss_weight * loss_jigsaw + (1 - self.loss_weight) * loss_image  # Eq. 5
         self.bank.update(index, v, self.bank_momentum)  # the bank stores f(v_I), after the loss
-        return {"loss": loss, "z": v.detach(), "loss_jigsaw": loss_jigsaw.detach(),
-                "loss_image": loss_image.detach()}
+        return {"loss": loss, "z": v.detach(), "loss_jigsaw": loss_jigsaw.detach(), "loss_image": loss_image.detach()}
 
 
 @torch.no_grad()
-def bank_staleness(method: MemoryMethod, images: torch.Tensor, index: torch.Tensor,
-                   batch_size: int = 512) -> dict:
+def bank_staleness(method: MemoryMethod, images: torch.Tensor, index: torch.Tensor, batch_size: int = 512) -> dict:
     """How far the memory bank lags behind the current encoder, image by image.
 
     For the training images ``images`` (normalised float ``[N, 3, H, W]``, e.g. an evaluation
@@ -343,17 +373,12 @@ def bank_staleness(method: MemoryMethod, images: torch.Tensor, index: torch.Tens
     writes); the older a row, the more the encoder has moved since.
     """
     index = index.to(method.bank.vectors.device)
-    flags = [(m, m.training) for m in method.modules()]
-    method.eval()
-    try:
-        fresh = []
+    fresh = []
+    with eval_mode(method):
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(method.bank.vectors.device)
+            x = images[start : start + batch_size].to(method.bank.vectors.device)
             fresh.append(method.project(x).float())
-        fresh = torch.cat(fresh)
-    finally:
-        for m, training in flags:
-            m.training = training
+    fresh = torch.cat(fresh)
     cos = (fresh * method.bank(index)).sum(dim=1)
     return {"cos": cos.cpu(), "age": method.bank.age(index).cpu()}
 
@@ -371,6 +396,11 @@ def staleness_by_age(report: dict, steps_per_epoch: int, edges=(0.25, 0.5, 0.75,
     for b in range(len(edges) + 1):
         mask = which == b
         label = f"{bounds[b]:g}-{bounds[b + 1]:g}" if b < len(edges) else f">={bounds[b]:g}"
-        rows.append({"bin": label, "cos": float(report["cos"][mask].mean()) if mask.any() else float("nan"),
-                     "count": int(mask.sum())})
+        rows.append(
+            {
+                "bin": label,
+                "cos": float(report["cos"][mask].mean()) if mask.any() else float("nan"),
+                "count": int(mask.sum()),
+            }
+        )
     return rows

@@ -65,6 +65,7 @@ from itertools import chain
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import distributed
@@ -76,6 +77,68 @@ DEFAULT_TEMPERATURE = {1: 0.07, 2: 0.2}  # He et al. 2020 Sec. 3.3; Chen et al. 
 
 
 # --------------------------------------------------------------------------- Shuffle BN on one device
+class SplitBatchNormFunction(torch.autograd.Function):
+    """Batch normalisation of each of ``splits`` contiguous sub-batches with its own statistics, as one
+    autograd node.
+
+    Forward and backward call ATen's batch-norm kernels (``native_batch_norm`` and its backward) on each
+    sub-batch and write into one output (one input gradient). The same arithmetic as ``F.batch_norm`` on
+    every chunk followed by ``torch.cat``, but without the autograd graph of that loop, whose backward
+    gives every one of the ``splits`` slices a zero-filled gradient of the *whole* batch and adds them up.
+    Sub-batches along the batch dimension stay contiguous in either memory format, so ``channels_last``
+    is kept. (One ``F.batch_norm`` call on the batch regrouped as [N/S, S*C, *] computes the same
+    statistics, but on ``channels_last`` activations the regrouping is a transposition of the whole
+    tensor, in and out, and it measured slower than this.) ResNet-18 at width 16, batch 256, 8 splits,
+    forward + backward of its five BatchNorm shapes, 1 thread: 93 ms as a loop, 44 ms here, 26 ms for
+    plain BatchNorm over the whole batch.
+
+    ``running_mean``/``running_var`` (or None) are updated in place with the mean of the per-split
+    updates (``momentum`` is the update's factor). Differentiable once.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, splits: int, momentum: float, eps: float):
+        y = torch.empty_like(x)
+        statistics, means, variances = [], [], []
+        for chunk, out in zip(x.tensor_split(splits), y.tensor_split(splits)):
+            mean = running_mean.clone() if running_mean is not None else None  # each split's own copy ...
+            var = running_var.clone() if running_var is not None else None
+            normalised, batch_mean, batch_invstd = torch.ops.aten.native_batch_norm(
+                chunk, weight, bias, mean, var, True, momentum, eps
+            )
+            out.copy_(normalised)
+            statistics += [batch_mean, batch_invstd]
+            means.append(mean)
+            variances.append(var)
+        if running_mean is not None:  # ... and the layer keeps their average
+            running_mean.copy_(torch.stack(means).mean(0))
+            running_var.copy_(torch.stack(variances).mean(0))
+        ctx.save_for_backward(x, weight, *statistics)
+        ctx.splits, ctx.eps = splits, eps
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, *statistics = ctx.saved_tensors
+        affine = weight is not None
+        mask = [ctx.needs_input_grad[0], affine and ctx.needs_input_grad[1], affine and ctx.needs_input_grad[2]]
+        grad_x = torch.empty_like(x) if mask[0] else None
+        grad_outs = grad_x.tensor_split(ctx.splits) if mask[0] else [None] * ctx.splits
+        grad_weight = grad_bias = None
+        for i, (chunk, grad_chunk) in enumerate(zip(x.tensor_split(ctx.splits), grad.tensor_split(ctx.splits))):
+            gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                grad_chunk, chunk, weight, None, None, statistics[2 * i], statistics[2 * i + 1], True, ctx.eps, mask
+            )
+            if mask[0]:
+                grad_outs[i].copy_(gx)
+            if mask[1]:
+                grad_weight = gw if grad_weight is None else grad_weight + gw
+            if mask[2]:
+                grad_bias = gb if grad_bias is None else grad_bias + gb
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
 class SplitBatchNorm(_BatchNorm):
     """BatchNorm that, in training mode, normalises ``num_splits`` contiguous sub-batches separately.
 
@@ -83,11 +146,22 @@ class SplitBatchNorm(_BatchNorm):
     the batch (the MoCo CIFAR demo's ``SplitBatchNorm``; ours splits into contiguous chunks, as DDP
     does, and accepts a batch that does not divide evenly: ``torch.tensor_split``'s chunk sizes).
     The running statistics are updated with the mean of the per-split updates. In eval mode it is
-    plain BatchNorm with the running statistics. Works for [N, C] and [N, C, *] inputs.
+    plain BatchNorm with the running statistics. Works for [N, C] and [N, C, *] inputs. Training runs
+    through :class:`SplitBatchNormFunction` (:meth:`forward_fused`), which gives the same numbers as
+    the plain loop over sub-batches (:meth:`forward_loop`, tested) at about half its cost.
     """
 
-    def __init__(self, num_features: int, num_splits: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        num_features: int,
+        num_splits: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         if num_splits < 1:
             raise ValueError(f"num_splits must be >= 1, got {num_splits}")
@@ -109,6 +183,24 @@ class SplitBatchNorm(_BatchNorm):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as nn.BatchNorm does
                 factor = 1.0 / float(self.num_batches_tracked)
+        return self.forward_fused(x, factor)
+
+    def forward_fused(self, x: torch.Tensor, factor: float) -> torch.Tensor:
+        """Training-mode forward through :class:`SplitBatchNormFunction`: the same numbers as
+        :meth:`forward_loop`, at about half its cost on the CPU (measured in ``SplitBatchNormFunction``)."""
+        return SplitBatchNormFunction.apply(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean if self.track_running_stats else None,
+            self.running_var if self.track_running_stats else None,
+            min(self.num_splits, len(x)),
+            factor,
+            self.eps,
+        )
+
+    def forward_loop(self, x: torch.Tensor, factor: float) -> torch.Tensor:
+        """Training-mode forward, one ``F.batch_norm`` per sub-batch (any batch size, uneven splits too)."""
         outputs, means, variances = [], [], []
         for chunk in x.tensor_split(min(self.num_splits, len(x))):
             # Each split updates its own copy of the running statistics ...
@@ -132,9 +224,16 @@ def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
     """
     if isinstance(module, _BatchNorm) and not isinstance(module, (SplitBatchNorm, nn.SyncBatchNorm)):
         like = module.weight if module.weight is not None else module.running_mean
-        new = SplitBatchNorm(module.num_features, num_splits, module.eps, module.momentum, module.affine,
-                             module.track_running_stats,
-                             device=None if like is None else like.device, dtype=None if like is None else like.dtype)
+        new = SplitBatchNorm(
+            module.num_features,
+            num_splits,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=None if like is None else like.device,
+            dtype=None if like is None else like.dtype,
+        )
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
     for name, child in module.named_children():
@@ -166,14 +265,23 @@ def unshuffle_batch(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     y_all = distributed.gather(y)
     restored = y_all[perm.argsort()]  # argsort(perm) is the inverse permutation
     n = len(y)
-    return restored[distributed.rank() * n:(distributed.rank() + 1) * n]
+    return restored[distributed.rank() * n : (distributed.rank() + 1) * n]
 
 
 # --------------------------------------------------------------------------- MoCo
 class MoCo(Method):
-    def __init__(self, backbone, version: int = 2, dim: int = 128, hidden_dim: int | None = None,
-                 queue_size: int = 65536, momentum: float = 0.999, temperature: float | None = None,
-                 shuffle_bn_splits: int = 8, symmetric: bool = False):
+    def __init__(
+        self,
+        backbone,
+        version: int = 2,
+        dim: int = 128,
+        hidden_dim: int | None = None,
+        queue_size: int = 65536,
+        momentum: float = 0.999,
+        temperature: float | None = None,
+        shuffle_bn_splits: int = 8,
+        symmetric: bool = False,
+    ):
         """MoCo v1 or v2 around ``backbone`` (the query encoder's trunk, evaluated downstream).
 
         Args:
@@ -269,7 +377,7 @@ class MoCo(Method):
         n, size = len(keys), len(self.queue)
         kept = min(n, size)
         slots = (self.queue_ptr + (n - kept) + torch.arange(kept, device=self.queue.device)) % size
-        self.queue.index_copy_(0, slots, keys[n - kept:].to(self.queue.dtype))
+        self.queue.index_copy_(0, slots, keys[n - kept :].to(self.queue.dtype))
         self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
     @torch.no_grad()

@@ -52,8 +52,20 @@ class RelativePatch(Method):
     views (the trainer passes them), kept as buffers, for taking grayscale on the pixels.
     """
 
-    def __init__(self, backbone, patch: int = 8, gap: int = 3, jitter: int = 1, hidden_dim: int = 4096,
-                 gray_p: float = 0.0, all_neighbours: bool = False, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    data_needs = ("mean", "std")  # passed by the trainer (see Method.data_needs)
+
+    def __init__(
+        self,
+        backbone,
+        patch: int = 8,
+        gap: int = 3,
+        jitter: int = 1,
+        hidden_dim: int = 4096,
+        gray_p: float = 0.0,
+        all_neighbours: bool = False,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    ):
         super().__init__(backbone)
         self.patch, self.gap, self.jitter = patch, gap, jitter
         self.gray_p = gray_p
@@ -64,8 +76,9 @@ class RelativePatch(Method):
 
     def pairs(self, x: torch.Tensor):
         """Features of (centre, neighbour) pairs ``[P, 2d]`` and their labels ``[P]``, plus the patch features."""
-        grid = dict(patch=self.patch, gap=self.gap, jitter=self.jitter, gray_p=self.gray_p, mean=self.mean,
-                    std=self.std)
+        grid = dict(
+            patch=self.patch, gap=self.gap, jitter=self.jitter, gray_p=self.gray_p, mean=self.mean, std=self.std
+        )
         B = x.shape[0]
         if self.all_neighbours:
             patches, _ = patch_grid(x, **grid)  # [B, 9, C, p, p]

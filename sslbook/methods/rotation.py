@@ -52,8 +52,7 @@ class RotNet(Method):
     width), so the backbone's last layer is not itself the rotation classifier.
     """
 
-    def __init__(self, backbone, all_rotations: bool = True, head_layers: int = 1,
-                 hidden_dim: Optional[int] = None):
+    def __init__(self, backbone, all_rotations: bool = True, head_layers: int = 1, hidden_dim: Optional[int] = None):
         super().__init__(backbone)
         self.all_rotations = all_rotations
         d = backbone.feature_dim

@@ -37,8 +37,8 @@ Details that follow the paper and the official code (facebookresearch/simsiam, `
 * the predictor is a bottleneck ``dim -> pred_dim -> dim`` with BN on the hidden layer only;
 * each view is encoded in its own forward pass, so BatchNorm statistics are per view;
 * the paper keeps the predictor's learning rate constant while the encoder's decays (Table 1c,
-  68.1% vs 67.7%); that is an optimiser setting of the trainer (parameters of ``self.predictor``),
-  not part of this module.
+  68.1% vs 67.7%): ``fix_predictor_lr=True`` puts ``self.predictor`` in a parameter group with a
+  fixed lr (``param_groups``), which the trainer's schedule leaves alone.
 """
 
 from __future__ import annotations
@@ -51,8 +51,15 @@ from .base import Method
 
 
 class SimSiam(Method):
-    def __init__(self, backbone, dim: int = 2048, pred_dim: int = 512, stop_gradient: bool = True,
-                 projector_layers: int = 3):
+    def __init__(
+        self,
+        backbone,
+        dim: int = 2048,
+        pred_dim: int = 512,
+        stop_gradient: bool = True,
+        projector_layers: int = 3,
+        fix_predictor_lr: bool = False,
+    ):
         """SimSiam around ``backbone`` (the trunk of f, evaluated downstream).
 
         Args:
@@ -61,6 +68,9 @@ class SimSiam(Method):
             stop_gradient: detach z in D(p, z), as SimSiam does; ``False`` is the paper's Sec. 4.1
                 ablation, in which the network collapses.
             projector_layers: layers of the projection MLP (3 on ImageNet, 2 on CIFAR-10).
+            fix_predictor_lr: keep the predictor's learning rate at the base rate while the rest
+                follows the schedule (the paper's default from Table 1c on; ``--fix-pred-lr`` in the
+                official code).
         """
         super().__init__(backbone)
         # f = backbone + projection MLP; "The hidden fc is 2048-d", the output fc is d-dimensional.
@@ -68,6 +78,11 @@ class SimSiam(Method):
         # h: the bottleneck prediction MLP.
         self.predictor = simsiam_predictor(dim, pred_dim)
         self.stop_gradient = stop_gradient
+        self.fix_predictor_lr = fix_predictor_lr
+
+    def param_groups(self) -> list[dict]:
+        """The predictor at a fixed learning rate, if ``fix_predictor_lr``."""
+        return [{"params": list(self.predictor.parameters()), "fixed_lr": True}] if self.fix_predictor_lr else []
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z = f(x): backbone, then the projection MLP. [N, dim]."""

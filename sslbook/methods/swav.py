@@ -42,8 +42,8 @@ from the first step and used from ``queue_start_epoch`` on (the epoch the traine
 Multi-crop: besides the two global crops, several small local crops (2 x 224 + 6 x 96 on ImageNet,
 2 x 32 + 6 x 18 on CIFAR here) are only ever asked to *predict* the codes of the global crops, never
 to provide them. Crops of different sizes cannot share a batch, so the backbone runs once per
-group of consecutive equal-sized crops (the official code's resolution grouping); the projector then
-sees all crops together.
+group of consecutive equal-sized crops (the official code's resolution grouping, which any method
+can use: :func:`sslbook.methods.base.encode_crops`); the projector then sees all crops together.
 
 Distributed training: Sinkhorn's sums run over the whole global batch (``all_reduce_sum``). The
 queue holds *gathered* features, so it is the same on every process (DDP may broadcast buffers
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from .. import distributed
 from ..losses import sinkhorn, swav_loss
 from ..models import Prototypes, swav_projector
-from .base import Method
+from .base import Method, encode_crops
 
 
 class SwAV(Method):
@@ -98,14 +98,8 @@ class SwAV(Method):
     # ------------------------------------------------------------------ the pieces
     def _embed(self, views: list[torch.Tensor]) -> torch.Tensor:
         """z = normalize(projector(backbone(x))) for all crops, in order: [V*B, dim]."""
-        feats, start = [], 0
-        while start < len(views):  # consecutive crops of one size go through the backbone together
-            end = start
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            feats.append(self.backbone(torch.cat(views[start:end])))
-            start = end
-        return F.normalize(self.projector(torch.cat(feats)), dim=1)
+        # consecutive crops of one size go through the backbone together, then all through the projector
+        return F.normalize(self.projector(encode_crops(self.backbone, views)), dim=1)
 
     def _scores(self, z: torch.Tensor) -> torch.Tensor:
         """Cosines of z with the prototypes, in float32 even under autocast: Sinkhorn divides them by
@@ -131,8 +125,13 @@ class SwAV(Method):
             world, rank = distributed.world_size(), distributed.rank()
             queued = self.queue[crop, : int(self.queue_filled)][rank::world]  # this process's share
             scores = torch.cat([self._scores(queued), scores])
-        codes = sinkhorn(scores, self.epsilon, self.sinkhorn_iterations, distributed.world_size(),
-                         all_reduce=distributed.all_reduce_sum if distributed.is_distributed() else None)
+        codes = sinkhorn(
+            scores,
+            self.epsilon,
+            self.sinkhorn_iterations,
+            distributed.world_size(),
+            all_reduce=distributed.all_reduce_sum if distributed.is_distributed() else None,
+        )
         return codes[-batch:]  # the batch rows only
 
     @torch.no_grad()
@@ -158,7 +157,7 @@ class SwAV(Method):
         loss = swav_loss(scores, codes, self.temperature)  # each code predicted from every other crop
         if self.training:  # the queue is filled after computing the codes (it fills from the start,
             # so it is full when it comes into use at queue_start_epoch)
-            self._enqueue([z[t * batch:(t + 1) * batch] for t in range(self.num_global)])
+            self._enqueue([z[t * batch : (t + 1) * batch] for t in range(self.num_global)])
         return {
             "loss": loss,
             "z": z[:batch].detach(),

@@ -58,8 +58,17 @@ class TemporalContrast(Method):
     (hidden = the encoder's width by default).
     """
 
-    def __init__(self, backbone, frames: int = 4, temperature: float = 0.5, out_dim: int = 128,
-                 hidden_dim: int | None = None, scale: tuple = (0.3, 0.8), zoom: float = 1.5, pan: float = 0.5):
+    def __init__(
+        self,
+        backbone,
+        frames: int = 4,
+        temperature: float = 0.5,
+        out_dim: int = 128,
+        hidden_dim: int | None = None,
+        scale: tuple = (0.3, 0.8),
+        zoom: float = 1.5,
+        pan: float = 0.5,
+    ):
         super().__init__(backbone)
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
@@ -69,8 +78,9 @@ class TemporalContrast(Method):
 
     def clips(self, views) -> torch.Tensor:
         """All frames of each video: ``[B, F, C, h, w]``, F = the frames of every view's clip together."""
-        clips = [v if v.ndim == 5 else camera_clips(v, self.frames, None, self.scale, self.zoom, self.pan)
-                 for v in views]
+        clips = [
+            v if v.ndim == 5 else camera_clips(v, self.frames, None, self.scale, self.zoom, self.pan) for v in views
+        ]
         return torch.cat(clips, dim=1)
 
     def forward(self, views, index=None):

@@ -1,0 +1,204 @@
+"""The model zoo (sslbook.zoo) on a tiny CIFAR-10 in the smoke profile, in a temporary zoo folder."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_encoder, write_cifar_fixture
+from sslbook import zoo
+from sslbook.config import from_dict
+from sslbook.methods.moco import MoCo
+from sslbook.methods.supervised import Supervised
+from sslbook.models import build_encoder
+
+pytestmark = pytest.mark.filterwarnings("ignore:kNN accuracy")  # tiny random data: chance-level kNN is expected
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo-data")
+    write_cifar_fixture(root, n_per_batch=20)  # 100 training and 20 test images
+    return root
+
+
+def settings(data_root, *extra):
+    """Overrides that shrink an entry to seconds: 100 images, width 4, batch 16 (6 steps per epoch)."""
+    return [
+        "profile=smoke",
+        f"data.root={data_root}",
+        "data.train_images=null",
+        "data.test_images=null",
+        "model.width=4",
+        "batch_size=16",
+        "eval_every=1",
+        "progress=false",
+        "verbose=false",
+        *extra,
+    ]
+
+
+def cli(root, data_root, *args, extra=()):
+    return zoo.main([*args, "--root", str(root), "--set", *settings(data_root, *extra)])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """A zoo with a finished one-epoch simclr entry."""
+    root = tmp_path_factory.mktemp("zoo")
+    assert cli(root, data_root, "simclr", "--epochs", "1") == 0
+    return root
+
+
+def test_entry_has_the_documented_files_and_results(trained):
+    folder = trained / "cifar10-smoke" / "simclr"
+    assert {p.name for p in folder.iterdir()} == {"config.yaml", "metrics.jsonl", "results.json", "simclr.pt", "run"}
+    res = json.loads((folder / "results.json").read_text())
+    for key in ("knn200_top1", "knn20_top1", "linear_top1"):
+        assert 0 <= res[key] <= 100
+    assert res["epochs"] == 1 and res["steps"] == 6 and res["train_minutes"] > 0 and res["images_per_s"] > 0
+    assert len(res["load_average"]["start"]) == 3 and len(res["load_average"]["end"]) == 3
+    assert res["date"] and res["command"].startswith("python -m sslbook zoo simclr --epochs 1 --set profile=smoke")
+    log = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval"]["epoch"] for r in log if "eval" in r] == []  # 1 epoch: the final evaluation stands in
+    assert log[-1]["final"]["knn200_top1"] == res["knn200_top1"]
+    assert zoo.results("simclr", trained, profile="smoke") == res
+
+
+def test_weights_load_into_the_encoder_its_config_builds(trained):
+    folder = trained / "cifar10-smoke" / "simclr"
+    weights = torch.load(folder / "simclr.pt", map_location="cpu", weights_only=True)
+    state = weights["state_dict"]
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    cfg = from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    encoder = build_encoder(cfg.model.encoder, width=cfg.model.width, stem=cfg.model.stem)
+    own = encoder.state_dict()
+    backbone = {
+        k.removeprefix("backbone."): v.to(own[k.removeprefix("backbone.")].dtype)
+        for k, v in state.items()
+        if k.startswith("backbone.")
+    }
+    encoder.load_state_dict(backbone)  # strict: every key of the encoder, and nothing else
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loaded = zoo.load_backbone("simclr", trained, profile="smoke")
+    assert torch.equal(encoder.eval()(images), loaded(images))
+    # The trained network, rounded to fp16, is what was exported.
+    ckpt = torch.load(folder / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    for key, value in ckpt["method"].items():
+        if value.is_floating_point():
+            assert torch.equal(state[key], value.half()), key
+
+
+def test_finished_entries_are_reused(trained, data_root, capsys):
+    weights = trained / "cifar10-smoke" / "simclr" / "simclr.pt"
+    before = weights.stat().st_mtime_ns
+    assert cli(trained, data_root, "simclr", "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    res = zoo.results("simclr", trained, profile="smoke")
+    assert f"simclr: finished, {res['train_minutes']:.1f} min, kNN {res['knn200_top1']:.1f}%" in out
+    assert "training" not in out and weights.stat().st_mtime_ns == before
+
+
+def test_refuses_other_settings_unless_forced(tmp_path, data_root, capsys):
+    assert cli(tmp_path, data_root, "simclr", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert cli(tmp_path, data_root, "simclr", "--epochs", "2", extra=["optim.lr=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: zoo entry simclr in ") and "\n" not in err
+    assert "other settings (epochs: 1 -> 2; optim.lr: 0.06 -> 0.1); pass --force to retrain it" in err
+    assert zoo.results("simclr", tmp_path, profile="smoke")["epochs"] == 1  # untouched
+    assert cli(tmp_path, data_root, "simclr", "--epochs", "2", "--force", extra=["optim.lr=0.1"]) == 0
+    res = zoo.results("simclr", tmp_path, profile="smoke")
+    assert res["epochs"] == 2 and res["steps"] == 12 and len(res["sittings"]) == 1
+
+
+def test_interrupted_and_resumed_entry_equals_an_uninterrupted_one(tmp_path, data_root, capsys):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert cli(whole, data_root, "simclr", "--epochs", "2") == 0
+    assert cli(split, data_root, "simclr", "--epochs", "2", extra=["max_steps=5"]) == 0  # stops mid-epoch 1
+    assert "stopped at step 5 of 12" in capsys.readouterr().out
+    assert zoo.status("simclr", 2, settings(data_root), split) == "simclr: unfinished, step 5 of 12"
+    with pytest.raises(zoo.ZooError, match="not trained"):
+        zoo.results("simclr", split, profile="smoke")
+    assert cli(split, data_root, "simclr", "--epochs", "2") == 0
+    assert "resuming" in capsys.readouterr().out
+    a = torch.load(whole / "cifar10-smoke" / "simclr" / "simclr.pt", weights_only=True)["state_dict"]
+    b = torch.load(split / "cifar10-smoke" / "simclr" / "simclr.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    res = zoo.results("simclr", split, profile="smoke")
+    assert [s["steps"] for s in res["sittings"]] == [5, 12]
+    log = [json.loads(line) for line in (split / "cifar10-smoke" / "simclr" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval"]["epoch"] for r in log if "eval" in r] == [1]  # the kNN curve spans both sittings
+    assert res["knn200_top1"] == zoo.results("simclr", whole, profile="smoke")["knn200_top1"]
+
+
+def test_a_second_run_is_refused_while_one_holds_the_lock(tmp_path, data_root, capsys):
+    with zoo.zoo_lock(tmp_path):
+        assert cli(tmp_path, data_root, "simclr", "--epochs", "1") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: another zoo run holds {tmp_path / '.lock'} (pid ") and "\n" not in err
+    assert not (tmp_path / "cifar10-smoke").exists()  # nothing was trained
+    with zoo.zoo_lock(tmp_path):  # released: it can be taken again
+        pass
+
+
+def test_supervised_entry_trains_on_the_labels(tmp_path, data_root):
+    assert cli(tmp_path, data_root, "supervised", "--epochs", "1") == 0
+    method = zoo.load_method("supervised", tmp_path, profile="smoke")
+    assert isinstance(method, Supervised) and method.classifier.out_features == 10
+    log = (tmp_path / "cifar10-smoke" / "supervised" / "metrics.jsonl").read_text()
+    assert '"accuracy"' in log
+
+
+def test_supervised_loss_is_cross_entropy_on_the_labels_of_the_batch():
+    torch.manual_seed(0)
+    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    method = Supervised(tiny_encoder(), labels=labels)
+    x = torch.randn(3, 3, 16, 16)
+    index = torch.tensor([5, 0, 2])
+    out = method([x], index)
+    expected = torch.nn.functional.cross_entropy(method.classifier(method.backbone(x)), torch.tensor([9, 3, 4]))
+    assert method.classifier.out_features == 10 and torch.allclose(out["loss"], expected)
+    empty = Supervised(tiny_encoder(), num_data=8)  # rebuilt for loading: labels come with the state_dict
+    with pytest.raises(RuntimeError, match="built without its training labels"):
+        empty([x], index)
+    empty.load_state_dict(method.state_dict())
+    assert torch.equal(empty.labels, labels) and torch.allclose(empty([x], index)["loss"], expected)
+
+
+def test_export_drops_queues_and_keeps_the_networks():
+    method = MoCo(tiny_encoder(), queue_size=64, dim=128, shuffle_bn_splits=2)  # queue: 8192 > 4096 elements
+    state, dropped = zoo.exported_state(method)
+    assert dropped == ["queue"] and "queue_ptr" in state
+    assert set(state) | {"queue"} == set(method.state_dict())
+    small = MoCo(tiny_encoder(), queue_size=32, dim=128)  # 4096 elements: kept
+    assert zoo.exported_state(small)[1] == []
+
+
+def test_unknown_entry_and_list(tmp_path, capsys):
+    assert zoo.main(["simclrr", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown zoo entry 'simclrr'; valid: all, simclr,")
+    from sslbook.__main__ import main
+
+    assert main(["zoo", "--list", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "supervised: not trained" in out and f"weights: 0.0 MB in {tmp_path}" in out
+    assert set(zoo.entries()) == {
+        "simclr",
+        "instdisc",
+        "pirl",
+        "moco_v1",
+        "moco_v2",
+        "swav",
+        "simsiam",
+        "byol",
+        "rotation",
+        "jigsaw",
+        "relative_patch",
+        "colorization",
+        "cmc",
+        "temporal",
+        "cpc",
+        "supervised",
+    }
