@@ -71,7 +71,7 @@ from sslbook.eval import extract_features, knn_accuracy  # noqa: E402
 from sslbook.methods.moco import split_batchnorm  # noqa: E402
 from sslbook.models import resnet  # noqa: E402
 from sslbook.optim import build_optimizer, lr_at, peak_lr  # noqa: E402
-from sslbook.trainer import CALIBRATION_STEPS, _autocast, _peak_memory_mb, reset_peak_memory, train  # noqa: E402
+from sslbook.trainer import CALIBRATION_STEPS, autocast, peak_memory_mb, reset_peak_memory, train  # noqa: E402
 
 METHODS = {"simclr": "cifar10/simclr", "moco_v2": "cifar10/moco_v2", "byol": "cifar10/byol"}
 RESULTS = ROOT / "benchmarks" / "results"
@@ -197,7 +197,7 @@ def breakdown_ours(method, cfg, train_set, steps: int) -> dict:
             if cfg.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         t2 = time.perf_counter()
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             loss = method(views, index)["loss"]
         t3 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -407,7 +407,7 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
             t1 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, peak, optim_cfg.schedule, optim_cfg.min_lr)
-            with _autocast(cfg, device):
+            with autocast(cfg, device):
                 loss = model(x0, x1)
             t2 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
@@ -443,7 +443,7 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
     if not points or points[-1][0] != step:
         points.append((step, seconds))
     sample_workers(it)
-    peak_mb = _peak_memory_mb(device)
+    peak_mb = peak_memory_mb(device)
     load1 = loadavg()
     del it, loader
     knn, knn_seconds = knn_top1(model.backbone, train_set, test_set, cfg)

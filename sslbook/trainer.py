@@ -571,9 +571,6 @@ def autocast(cfg: Config, device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-_autocast, _peak_memory_mb = autocast, peak_memory_mb  # the names benchmarks/vs_lightly.py imports
-
-
 # --------------------------------------------------------------------------- the pieces of a run
 @dataclass
 class Run:
