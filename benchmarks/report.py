@@ -110,6 +110,17 @@ def augment_section(r):
     return "\n".join(lines) + "\n"
 
 
+def bf16_note(r) -> str:
+    """Whether bf16 ran in hardware: on CPUs without it oneDNN emulates bf16, slower than fp32."""
+    if "native_bf16" not in r:
+        return (
+            "processor not recorded. bf16 is only fast where the CPU has it in hardware (avx512_bf16, AMX); "
+            "the cpu profile picks bf16 only there (sslbook.config.cpu_has_native_bf16)."
+        )
+    kind = "in hardware" if r["native_bf16"] else "emulated by oneDNN (no avx512_bf16/AMX)"
+    return f"{r['processor']}, bf16 {kind}."
+
+
 def train_section(r):
     if r is None:
         return ""
@@ -117,7 +128,7 @@ def train_section(r):
         "## Training-step throughput",
         "",
         f"{r['benchmark']}, width {r['width']}, batch {r['batch_size']}, {r['steps']} steps; "
-        f"torch {r['torch']}, {r['threads']} threads on {r['cpus']} CPUs ({r['device']}), {r['date']}.",
+        f"torch {r['torch']}, {r['threads']} threads on {r['cpus']} CPUs ({r['device']}), {r['date']}; " + bf16_note(r),
         "",
         "| variant | images/s | peak memory (MB) |",
         "|---|---:|---:|",
