@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sslbook.config import cpu_has_native_bf16
+from sslbook.report import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
@@ -71,19 +72,6 @@ def run(name, extra, args, tmp):
     }
 
 
-def processor_name() -> str:
-    """The CPU's model name as Linux reports it (bf16 speed depends on it), else platform's answer."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -110,7 +98,7 @@ def main():
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "processor": processor_name(),
+        "processor": cpu_model(),
         "native_bf16": cpu_has_native_bf16(),  # False: oneDNN emulates bf16, which is slower than fp32
         "date": datetime.date.today().isoformat(),
         "rows": rows,
