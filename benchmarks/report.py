@@ -42,6 +42,17 @@ SCRIPTS = [
         "`results/sweep-<name>.json`; not part of `make bench`)",
     ),
     (
+        "`book_experiments.py`",
+        "the book's experiments (MoCo's queue and momentum, SimSiam's stop-gradient, SimCLR's batch and "
+        "temperature, the memory bank's staleness): sweeps with two seeds per setting, read by the chapters "
+        "(writes `results/sweep-<experiment>.json`)",
+    ),
+    (
+        "`python -m sslbook zoo`",
+        "the model zoo: one long run per method, trained for an epoch budget (writes "
+        "`zoo/cifar10-cpu/<name>/results.json`; summarised in the zoo section below)",
+    ),
+    (
         "`profile_steps.py`",
         "where each method's training step spends its time: augment, forward, backward, optimiser, "
         "momentum update, at batch 256 and width 16 in the `cpu` profile (writes "
@@ -361,6 +372,34 @@ def vs_lightly_sections():
     return "\n".join(parts)
 
 
+def zoo_section():
+    """One row per finished model-zoo entry (zoo/cifar10-cpu/<name>/results.json)."""
+    zoo = HERE.parent / "zoo" / "cifar10-cpu"
+    files = sorted(zoo.glob("*/results.json")) if zoo.is_dir() else []
+    if not files:
+        return ""
+    lines = [
+        "## The model zoo (`python -m sslbook zoo`)",
+        "",
+        "Each entry is one `cpu`-profile run of a method's shipped recipe for a fixed number of epochs, trained "
+        "alone on the machine (`zoo/README.md`). kNN: k = 200 (and 20), T = 0.1, the whole test set; linear: "
+        "a linear probe on frozen features. Load average: 1-minute value at the start and end of the run.",
+        "",
+        "| entry | epochs | training (min) | images/s | kNN k=200 | kNN k=20 | linear | load avg start / end | date |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for path in files:
+        r = json.loads(path.read_text())
+        load = r.get("load_average") or {}
+        load = " / ".join(f"{v[0]:.2f}" if v else "?" for v in (load.get("start"), load.get("end")))
+        lines.append(
+            f"| {r['entry']} | {r['epochs']:.0f} | {r['train_minutes']:.1f} | {r['images_per_s']:.0f} | "
+            f"{r['knn200_top1']:.2f}% | {r['knn20_top1']:.2f}% | {_fmt(r.get('linear_top1'), '.2f')}% | {load} | "
+            f"{r['date'][:10]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main():
     intro = INTRO.replace("{scripts}", "\n".join(f"| {script} | {what} |" for script, what in SCRIPTS))
     parts = [
@@ -371,6 +410,7 @@ def main():
         simclr_section(load("simclr_cpu.json")),
         bench_sections(),
         step_profile_section(load("step_profile-cpu.json")),
+        zoo_section(),
         sweep_sections(),
     ]
     (HERE / "README.md").write_text("\n".join(p for p in parts if p))

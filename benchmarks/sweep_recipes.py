@@ -21,7 +21,8 @@ own process, into ``runs/sweeps/<name>/<arm>/`` (``--runs``):
 After each arm, ``benchmarks/results/sweep-<name>.json`` (``--out``) is rewritten with every arm so far:
 kNN top-1 at the end (k=200 and k=20, T=0.1, the whole test set), the kNN-monitor curve (epoch,
 training minutes, kNN k=200: every ``eval_every`` epochs, the profile's unless ``--set eval_every=N``),
-epochs, steps, training minutes, images/s, the load average (1/5/15 min) before and after, and the
+epochs, steps, training minutes, images/s, up to 100 of the trainer's step records (loss, the method's
+own metrics such as SimSiam's output std), the load average (1/5/15 min) before and after, and the
 exact command. Only run it alone on the machine: images/s and a ``--minutes`` budget depend on load
 (``--lock /tmp/sslbook-run.lock`` makes each arm wait for, and hold, a lock that other runs share).
 """
@@ -188,8 +189,19 @@ def run_arm(config: str, name: str, overrides: list[str], out_dir: Path, reuse: 
     if results.get("knn200_top1") is not None:  # the final evaluation ends the curve
         curve.append([results["epochs"], round(results["train_minutes"], 2), results["knn200_top1"]])
     row["knn_curve"] = curve  # [epoch, training minutes, kNN k=200 %]
+    row["step_curve"] = thin_steps(log)  # what the trainer logged (loss, output_std, ...), at most 100 records
     row["finished"] = read_checkpoint(out_dir / CHECKPOINT)["state"].get("finished", False)
     return row
+
+
+def thin_steps(log: list[dict], points: int = 100) -> list[dict]:
+    """At most ``points`` of the training-step records of a metrics log, evenly spaced and always
+    including the last, with their numeric fields only (step, epoch, loss, lr, the method's metrics)."""
+    steps = [r for r in log if "step" in r and "loss" in r]
+    keep = steps[:: max(1, -(-len(steps) // points))]
+    if steps and keep[-1] is not steps[-1]:
+        keep = keep[: points - 1] + [steps[-1]]
+    return [{k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for r in keep]
 
 
 def write(path: Path, sweep: dict) -> None:

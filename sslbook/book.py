@@ -18,11 +18,12 @@ from __future__ import annotations
 import ast
 import html
 import inspect
+import json
 import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -406,6 +407,210 @@ def glue(name: str, value: Any, fmt: Optional[str] = None, display: bool = False
     prefix = "" if display else "application/papermill.record/"
     ipy_display({prefix + "text/plain": text}, raw=True, metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})
     return value
+
+
+# ------------------------------------------------------------------------------------------------- zoo
+ZOO_COLUMNS = ("method", "epochs", "train_minutes", "images_per_s", "knn200_top1", "knn20_top1", "linear_top1")
+
+
+def show_zoo_run(
+    name: str,
+    live: Optional[dict] = None,
+    pixels: Any = None,
+    label: Optional[str] = None,
+    root: Optional[str | Path] = None,
+    profile: str = "cpu",
+):
+    """The long run of the model-zoo entry ``name`` beside the page's short live run.
+
+    Shows a table (the live run's results ``live``, the zoo entry, the raw-pixel baseline ``pixels``
+    -- a kNN top-1 or a row with ``knn200_top1``/``linear_top1`` -- and the published number) and the
+    entry's kNN curve over its epochs (``root``/``profile``: another zoo, as in tests). Returns the
+    entry's row (:func:`sslbook.zoo.row`), or None with one line saying how to make the entry if it is
+    not trained here.
+    """
+    from . import zoo
+    from .report import accuracy_vs_time
+
+    if not zoo.trained(name, root, profile):
+        print(f"the zoo entry {name!r} is not trained here; `python -m sslbook zoo {name}` trains it")
+        return None
+    label = label or name
+    entry = zoo.row(name, root, profile)
+    rows = []
+    if live is not None:
+        rows.append({**live, "method": f"{label}, this page's run"})
+    rows.append({**entry, "method": f"{label}, zoo ({entry['epochs']:.0f} epochs)"})
+    if pixels is not None:
+        base = pixels if isinstance(pixels, dict) else {"knn200_top1": pixels}
+        rows.append({**base, "method": "raw pixels"})
+    columns = [c for c in ZOO_COLUMNS if any(r.get(c) is not None for r in rows)]
+    show_table(rows, columns + ["published"], [_ZOO_HEADERS[c] for c in columns] + ["published"], digits=1)
+    baseline = rows[-1]["knn200_top1"] if pixels is not None else None
+    fig = accuracy_vs_time([entry], x="epochs", baseline=baseline, labels=[f"{label} (zoo)"])
+    fig.axes[0].set_title(f"{label}: kNN top-1 on the test set over the zoo run")
+    return entry
+
+
+def show_zoo_table(
+    labels: dict,
+    live: Optional[dict] = None,
+    pixels: Any = None,
+    root: Optional[str | Path] = None,
+    profile: str = "cpu",
+) -> list[dict]:
+    """One row per trained zoo entry (``labels``: entry name -> the name shown), with the page's short
+    live run of the same method beside it (``live``: shown name -> results, its kNN as a column), the
+    raw-pixel baseline ``pixels`` and the published number; entries not trained here are named in one
+    line. Returns the entries' rows (:func:`sslbook.zoo.row`) for :func:`sslbook.report.accuracy_vs_time`."""
+    from . import zoo
+
+    entries, missing = [], []
+    for name, label in labels.items():
+        if not zoo.trained(name, root, profile):
+            missing.append(name)
+            continue
+        row = {**zoo.row(name, root, profile), "method": label}
+        row["live_knn"] = (live or {}).get(label, {}).get("knn200_top1")
+        entries.append(row)
+    rows = list(entries)
+    if pixels is not None:
+        rows.append({**(pixels if isinstance(pixels, dict) else {"knn200_top1": pixels}), "method": "raw pixels"})
+    columns = [c for c in (*ZOO_COLUMNS, "live_knn") if any(r.get(c) is not None for r in rows)]
+    show_table(rows, columns + ["published"], [_ZOO_HEADERS[c] for c in columns] + ["published"], digits=1)
+    if missing:
+        print(f"not in the zoo here yet: {', '.join(missing)} (`python -m sslbook zoo NAME` trains one)")
+    return entries
+
+
+def from_zoo(name: str, profile: Any, stand_in: Callable[[], Any], part: str = "backbone") -> Any:
+    """The trained backbone of the zoo entry ``name`` (``part="method"``: the whole method, eval mode).
+
+    In the ``smoke`` profile, which CI runs before every entry of a fresh zoo is trained, a missing
+    entry is replaced by ``stand_in()``, with one line saying so; in every other profile a missing
+    entry is the zoo's one-line error (a page's stored outputs always use the trained entry).
+    """
+    from . import zoo
+
+    if getattr(profile, "name", profile) == "smoke" and not zoo.trained(name):
+        print(f"zoo entry {name!r} is not trained here: a stand-in takes its place (smoke profile)")
+        return stand_in()
+    return zoo.load_method(name) if part == "method" else zoo.load_backbone(name)
+
+
+_ZOO_HEADERS = {
+    "method": "run",
+    "epochs": "epochs",
+    "train_minutes": "training (min)",
+    "images_per_s": "images/s",
+    "knn200_top1": "kNN k=200 (%)",
+    "knn20_top1": "kNN k=20 (%)",
+    "linear_top1": "linear (%)",
+    "live_knn": "short live run: kNN (%)",
+}
+
+
+# ------------------------------------------------------------------------------------------------- experiments
+SEED_SUFFIX = re.compile(r"-s(\d+)$")
+
+
+def sweep_results(name: str, root: Optional[str | Path] = None) -> Optional[dict]:
+    """The results file of the book experiment or recipe sweep ``name``
+    (``benchmarks/results/sweep-<name>.json``, written by ``benchmarks/book_experiments.py`` or
+    ``benchmarks/sweep_recipes.py``), or None if it is not there."""
+    base = Path(root) if root is not None else book_root()
+    path = base / "benchmarks" / "results" / f"sweep-{name}.json" if base is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def sweep_settings(sweep: dict) -> dict:
+    """The arms of a sweep grouped by setting (an arm ``<setting>-s<N>`` is seed N of ``<setting>``):
+    setting -> {"arms": rows, "mean": mean kNN k=200, "spread": half the range over seeds, "seeds": n,
+    "epochs", "train_minutes" (mean)}, in the order the settings first appear. Arms that did not
+    finish are left out."""
+    groups: dict = {}
+    for arm in sweep["arms"]:
+        if arm.get("knn200_top1") is None:
+            continue
+        groups.setdefault(SEED_SUFFIX.sub("", arm["arm"]), []).append(arm)
+    return {
+        setting: {
+            "arms": arms,
+            **summarize([a["knn200_top1"] for a in arms]),
+            "epochs": arms[0]["epochs"],
+            "train_minutes": sum(a["train_minutes"] for a in arms) / len(arms),
+        }
+        for setting, arms in groups.items()
+    }
+
+
+def summarize(values: Sequence[float]) -> dict:
+    """``{"mean", "spread", "seeds"}`` of one setting's results over seeds: the mean, half the range
+    (max - min) / 2, and how many there are; what :func:`compare_settings` compares."""
+    values = list(values)
+    return {"mean": sum(values) / len(values), "spread": (max(values) - min(values)) / 2, "seeds": len(values)}
+
+
+def show_sweep(name: str, labels: Optional[dict] = None, logged: Sequence[str] = (), root=None) -> Optional[dict]:
+    """Show a book experiment's results as a table: one row per setting (``labels``: setting -> the
+    name shown, in that order; default every setting), with its kNN top-1 as mean ± half the range over
+    seeds, the seeds, epochs and minutes, and the last logged value of each key in ``logged`` (e.g.
+    ``"output_std"``). Returns :func:`sweep_settings`, or None with one line saying how to make the
+    file if it is not there."""
+    sweep = sweep_results(name, root)
+    if sweep is None:
+        print(
+            f"the results of experiment {name!r} are not here; "
+            f"`python benchmarks/book_experiments.py {name}` makes them"
+        )
+        return None
+    settings = sweep_settings(sweep)
+    labels = labels or {s: s for s in settings}
+    rows = []
+    for setting, label in labels.items():
+        if setting not in settings:
+            continue
+        g = settings[setting]
+        knn = f"{g['mean']:.2f} ± {g['spread']:.2f}" if g["seeds"] > 1 else f"{g['mean']:.2f}"
+        row = {
+            "setting": label,
+            "kNN k=200 (%)": knn,
+            "seeds": g["seeds"],
+            "epochs": g["epochs"],
+            "training (min)": g["train_minutes"],
+        }
+        for key in logged:
+            values = [a["step_curve"][-1].get(key) for a in g["arms"] if a.get("step_curve")]
+            values = [v for v in values if v is not None]
+            row[f"last {key}"] = sum(values) / len(values) if values else None
+        rows.append(row)
+    show_table(
+        rows,
+        digits=2,
+        caption=f"{sweep['config']}, {sweep['budget']} per arm, {sweep['profile']} profile "
+        f"({sweep['date']}): `benchmarks/book_experiments.py {name}`",
+    )
+    return settings
+
+
+def compare_settings(settings: Optional[dict], a: str, b: str, b_label: Optional[str] = None) -> str:
+    """Words for setting ``a`` against setting ``b`` (called ``b_label`` in the text) that their
+    numbers support, to glue after "``a`` scored": "3.10 points above the recipe (more than the seed
+    spread, ±0.40)", "within the seed spread of the recipe (+0.20 points, ±0.40)", or, with a single
+    seed, the bare difference said to be unmeasured against noise. ``settings`` is
+    :func:`sweep_settings` or any dict of :func:`summarize` results; the spread is the sum of both
+    settings' half-ranges over seeds."""
+    b_label = b_label or b
+    if not settings or a not in settings or b not in settings:
+        return f"(not measured here) against {b_label}"
+    ga, gb = settings[a], settings[b]
+    gap, noise = ga["mean"] - gb["mean"], ga["spread"] + gb["spread"]
+    side = "above" if gap > 0 else "below"
+    if ga["seeds"] < 2 or gb["seeds"] < 2:
+        return f"{abs(gap):.2f} points {side} {b_label} (one seed, so the noise is not measured)"
+    if abs(gap) <= noise:
+        return f"within the seed spread of {b_label} ({gap:+.2f} points, ±{noise:.2f})"
+    return f"{abs(gap):.2f} points {side} {b_label} (more than the seed spread, ±{noise:.2f})"
 
 
 # ------------------------------------------------------------------------------------------------- runs

@@ -231,14 +231,14 @@ def accuracy_vs_time(
     baseline: Optional[float] = None,
     labels: Optional[Sequence[str]] = None,
 ):
-    """kNN top-1 (or ``metric``) against training minutes (``x="train_minutes"``) or images seen
-    (``x="images_seen"``): one line per row through its kNN-monitor evaluations (from its run's
-    ``metrics.jsonl``), the final value marked. ``labels`` name the lines (default: the configs'
-    basenames); ``baseline`` draws a dashed line (raw pixels). Returns the figure."""
+    """kNN top-1 (or ``metric``) against training minutes (``x="train_minutes"``), images seen
+    (``x="images_seen"``) or epochs (``x="epochs"``): one line per row through its kNN-monitor
+    evaluations (from its run's ``metrics.jsonl``), the final value marked. ``labels`` name the
+    lines (default: the configs' basenames); ``baseline`` draws a dashed line (raw pixels). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    if x not in ("train_minutes", "images_seen"):
-        raise ValueError(f"x must be 'train_minutes' or 'images_seen', got {x!r}")
+    if x not in ("train_minutes", "images_seen", "epochs"):
+        raise ValueError(f"x must be 'train_minutes', 'images_seen' or 'epochs', got {x!r}")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     if labels is not None and len(labels) != len(rows):
         raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
@@ -246,8 +246,8 @@ def accuracy_vs_time(
         points = metric_history(row, metric)
         if not points:
             continue
-        images_per_step = (row.get("images_seen") or 0) / max(1, row.get("steps") or 1)
-        xs = [m if x == "train_minutes" else s * images_per_step for m, s, _ in points]
+        per_step = (row.get("images_seen" if x == "images_seen" else "epochs") or 0) / max(1, row.get("steps") or 1)
+        xs = [m if x == "train_minutes" else s * per_step for m, s, _ in points]
         ys = [v for _, _, v in points]
         label = labels[i] if labels is not None else Path(str(row.get("config") or row.get("method"))).name
         (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
@@ -258,7 +258,7 @@ def accuracy_vs_time(
         knn200_top1="kNN top-1, k=200 (%)", knn20_top1="kNN top-1, k=20 (%)", linear_top1="linear top-1 (%)"
     ).get(metric, metric)
     ax.set(
-        xlabel="training minutes" if x == "train_minutes" else "images seen",
+        xlabel={"train_minutes": "training minutes", "images_seen": "images seen", "epochs": "epochs"}[x],
         ylabel=label,
         title="accuracy on the test set during training",
     )

@@ -21,9 +21,9 @@ Every entry is trained by :func:`sslbook.trainer.train` in the ``cpu`` profile f
 
 The weights are the method's ``state_dict`` (backbone, heads, momentum copies) without its big
 non-parameter buffers -- queues, memory banks, label lists: more than :data:`BIG_BUFFER` elements,
-which only training needs -- with floating-point tensors stored as fp16 (sixteen entries of
-ResNet-18 at width 16 with their heads: about 27 M values, about 55 MB; in fp32 they would not fit
-in 80 MB). :func:`load_method` rebuilds the method from ``config.yaml`` and loads them (the dropped
+which only training needs -- with floating-point tensors stored as fp16 (the SimCLR entry, a
+ResNet-18 at width 16 with its head, is 1.5 MB; all eighteen stay far under the 80 MB the zoo may
+take). :func:`load_method` rebuilds the method from ``config.yaml`` and loads them (the dropped
 buffers keep their fresh values).
 
 The entries, their configs and epoch budgets are the table :data:`ENTRIES`.
@@ -39,6 +39,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -75,13 +76,13 @@ SITTING_KEYS = ("max_steps",)
 class Entry:
     config: str  # a shipped config name
     epochs: int  # the training budget
-    family: str  # architecture | pretext | reference
+    family: str  # architecture | pretext | reference | visualisation
     overrides: tuple = ()  # config overrides on top of the config's cpu-profile recipe
 
 
 ENTRIES = {
     # the eight architecture methods
-    "simclr": Entry("cifar10/simclr", PLACEHOLDER_EPOCHS, "architecture"),
+    "simclr": Entry("cifar10/simclr", 40, "architecture"),
     "instdisc": Entry("cifar10/instdisc", PLACEHOLDER_EPOCHS, "architecture"),
     "pirl": Entry("cifar10/pirl", PLACEHOLDER_EPOCHS, "architecture"),
     "moco_v1": Entry("cifar10/moco_v1", PLACEHOLDER_EPOCHS, "architecture"),
@@ -98,7 +99,11 @@ ENTRIES = {
     "temporal": Entry("cifar10/temporal", PLACEHOLDER_EPOCHS, "pretext"),
     "cpc": Entry("cifar10/cpc", PLACEHOLDER_EPOCHS, "pretext"),
     # the same encoder trained with the labels
-    "supervised": Entry("cifar10/supervised", PLACEHOLDER_EPOCHS, "reference"),
+    "supervised": Entry("cifar10/supervised", 30, "reference"),
+    # for the pictures of first-layer filters: the same networks with a 7x7 stem (at stride 1), whose
+    # filters are big enough to show an edge or a colour blob (a 3x3 filter is nine pixels)
+    "simclr_k7": Entry("cifar10/simclr", 20, "visualisation", ("model.stem_kernel=7",)),
+    "supervised_k7": Entry("cifar10/supervised", 20, "visualisation", ("model.stem_kernel=7",)),
 }
 
 
@@ -155,6 +160,22 @@ def _command(name: str, epochs: Optional[int], overrides: Sequence[str]) -> str:
     if overrides:
         parts += ["--set", *overrides]
     return shlex.join(parts)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Treat SIGTERM (``kill``, a job scheduler, a closing terminal's session) like Ctrl-C: the sitting is
+    recorded and the last checkpoint kept. Background jobs of a shell ignore SIGINT, so SIGTERM is how
+    a long zoo run in the background is stopped."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------- the lock
@@ -272,8 +293,16 @@ def read_weights(path: str | Path) -> dict:
 def _finished_folder(name: str, root, profile: str) -> Path:
     folder = entry_dir(name, root, profile)
     if not (folder / "results.json").is_file():
-        raise ZooError(f"zoo entry {name} is not trained in {folder}; run: python -m sslbook zoo {name}")
+        raise ZooError(
+            f"zoo entry {name} is not trained in {folder}; run: python -m sslbook zoo {name} "
+            f"(or set ${ZOO_ENV} to a copy of the book repository's zoo/ folder)"
+        )
     return folder
+
+
+def config(name: str, root: Optional[str | Path] = None, profile: str = "cpu") -> Config:
+    """The config an entry was trained with (its config.yaml)."""
+    return from_dict(yaml.safe_load((_finished_folder(name, root, profile) / "config.yaml").read_text()))
 
 
 def load_method(name: str, root: Optional[str | Path] = None, profile: str = "cpu", device="cpu") -> nn.Module:
@@ -283,7 +312,7 @@ def load_method(name: str, root: Optional[str | Path] = None, profile: str = "cp
     method is for evaluation and visualisation, not for continuing its training (``run/`` is for that).
     """
     folder = _finished_folder(name, root, profile)
-    cfg = from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    cfg = config(name, root, profile)
     weights = read_weights(folder / f"{name}.pt")
     method = build_model(cfg, num_data=weights["num_data"], mean=weights["mean"], std=weights["std"])
     own = method.state_dict()
@@ -310,6 +339,41 @@ def load_backbone(name: str, zoo_root: Optional[str | Path] = None, profile: str
 def results(name: str, root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
     """An entry's results.json."""
     return json.loads((_finished_folder(name, root, profile) / "results.json").read_text())
+
+
+def trained(name: str, root: Optional[str | Path] = None, profile: str = "cpu") -> bool:
+    """Whether the entry is finished (its results.json and weights are there)."""
+    folder = entry_dir(name, root, profile)
+    return (folder / "results.json").is_file() and (folder / f"{name}.pt").is_file()
+
+
+# What the papers and reference implementations report for each entry's recipe on CIFAR-10 (ResNet-18
+# at full width, hundreds of epochs), with the source; where no CIFAR-10 number exists, the ImageNet one.
+PUBLISHED = {
+    "simclr": "84.8% kNN, 200 ep. (lightly benchmark)",
+    "instdisc": "80.8% kNN (Wu et al. 2018, Table 1)",
+    "pirl": "ImageNet: 63.6% linear, R-50 (Misra & van der Maaten 2020)",
+    "moco_v1": "82.6% kNN, 200 ep., demo's v1-like setting (facebookresearch/moco CIFAR demo)",
+    "moco_v2": "85.3% kNN, 200 ep., symmetric loss (facebookresearch/moco CIFAR demo)",
+    "swav": "89.17% linear, 1000 ep. (solo-learn)",
+    "simsiam": "91.8% linear, 800 ep. (Chen & He 2021, App. D)",
+    "byol": "86.8% kNN, 200 ep. (lightly benchmark)",
+}
+
+
+def row(name: str, root: Optional[str | Path] = None, profile: str = "cpu") -> dict:
+    """An entry as a row of :mod:`sslbook.report`'s tables and figures: its results.json, plus
+    ``out_dir`` (the entry's folder, whose metrics.jsonl holds the kNN curve), ``config``,
+    ``images_seen`` and ``published`` (:data:`PUBLISHED`, where there is a number)."""
+    folder = _finished_folder(name, root, profile)
+    res = json.loads((folder / "results.json").read_text())
+    return {
+        **res,
+        "config": name,
+        "images_seen": res["steps"] * res["batch_size"],
+        "published": PUBLISHED.get(name),
+        "out_dir": str(folder),
+    }
 
 
 def weights_megabytes(root: Optional[str | Path] = None) -> float:
@@ -467,7 +531,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m sslbook zo
         names = list(ENTRIES) if args.names == ["all"] else args.names
         for name in names:
             entry_spec(name)
-        with zoo_lock(args.root):
+        with zoo_lock(args.root), stop_on_sigterm():
             for name in names:
                 start = time.perf_counter()
                 train_entry(name, args.epochs, args.force, args.set, args.root)

@@ -201,4 +201,73 @@ def test_unknown_entry_and_list(tmp_path, capsys):
         "temporal",
         "cpc",
         "supervised",
+        "simclr_k7",
+        "supervised_k7",
     }
+    assert zoo.entry_config("simclr_k7", root=tmp_path).model.stem_kernel == 7  # the table's overrides apply
+    assert zoo.entry_config("simclr", root=tmp_path).model.stem_kernel is None  # the stem's own 3x3
+
+
+def test_an_entry_as_a_report_row_and_on_a_page(trained, capsys):
+    from sslbook import book, report
+
+    row = zoo.row("simclr", trained, profile="smoke")
+    assert row["out_dir"] == str(trained / "cifar10-smoke" / "simclr")
+    assert row["images_seen"] == row["steps"] * row["batch_size"]
+    assert row["published"] == zoo.PUBLISHED["simclr"]
+    points = report.metric_history(row, "knn200_top1")  # the curve is read from the entry's metrics.jsonl
+    assert points[-1][1:] == (row["steps"], row["knn200_top1"])
+    assert zoo.trained("simclr", trained, "smoke") and not zoo.trained("byol", trained, "smoke")
+    assert zoo.config("simclr", trained, "smoke").method == "simclr"
+
+    shown = book.show_zoo_run(
+        "simclr", live={"knn200_top1": 30.0, "epochs": 0.5}, pixels=41.25, label="SimCLR", root=trained, profile="smoke"
+    )
+    assert shown == row
+    assert book.show_zoo_run("byol", root=trained, profile="smoke") is None
+    assert "`python -m sslbook zoo byol` trains it" in capsys.readouterr().out
+
+    rows = book.show_zoo_table(
+        {"simclr": "SimCLR", "byol": "BYOL"},
+        live={"SimCLR": {"knn200_top1": 30.0}},
+        pixels={"knn200_top1": 41.25, "linear_top1": 37.96},
+        root=trained,
+        profile="smoke",
+    )
+    assert [r["method"] for r in rows] == ["SimCLR"] and rows[0]["live_knn"] == 30.0
+    assert "not in the zoo here yet: byol" in capsys.readouterr().out
+
+
+def test_from_zoo_stands_in_only_in_the_smoke_profile(trained, monkeypatch, capsys):
+    from sslbook import book
+
+    monkeypatch.setenv(zoo.ZOO_ENV, str(trained))
+    monkeypatch.setattr(zoo, "trained", lambda name, root=None, profile="cpu": False)
+    assert book.from_zoo("byol", "smoke", lambda: "stand-in") == "stand-in"
+    assert "zoo entry 'byol' is not trained here" in capsys.readouterr().out
+    with pytest.raises(zoo.ZooError, match="python -m sslbook zoo byol"):
+        book.from_zoo("byol", "cpu", lambda: "stand-in")
+
+
+def test_sigterm_stops_a_sitting_like_ctrl_c(tmp_path, data_root):
+    """A zoo run in the background (SIGINT ignored) is stopped with SIGTERM: the sitting is recorded,
+    the checkpoint kept, and the same command resumes to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "sslbook", "zoo", "simclr", "--epochs", "200", "--root", str(tmp_path),
+               "--set", *settings(data_root, "log_every=1", "eval_every=0")]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    run = tmp_path / "cifar10-smoke" / "simclr" / "run"
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").is_file() and time.time() < deadline:  # wait for the first epoch's checkpoint
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; the same command resumes from the last checkpoint" in err
+    sittings = json.loads((run / "sittings.json").read_text())
+    assert len(sittings) == 1 and sittings[0]["steps"] > 0 and sittings[0]["load_average_end"] is not None
