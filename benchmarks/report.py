@@ -373,31 +373,51 @@ def vs_lightly_sections():
 
 
 def zoo_section():
-    """One row per finished model-zoo entry (zoo/cifar10-cpu/<name>/results.json)."""
-    zoo = HERE.parent / "zoo" / "cifar10-cpu"
-    files = sorted(zoo.glob("*/results.json")) if zoo.is_dir() else []
-    if not files:
+    """One row per finished model-zoo entry (sslbook.zoo.row), and the notes its sittings carry."""
+    from sslbook import zoo
+    from sslbook.report import results_table
+
+    rows = []
+    for name in zoo.entries():
+        if zoo.trained(name):
+            row = zoo.row(name)
+            load = row.get("load_average") or {}
+            row["load"] = " / ".join(f"{v[0]:.2f}" if v else "?" for v in (load.get("start"), load.get("end")))
+            row["day"] = row["date"][:10]
+            rows.append(row)
+    if not rows:
         return ""
-    lines = [
-        "## The model zoo (`python -m sslbook zoo`)",
-        "",
-        "Each entry is one `cpu`-profile run of a method's shipped recipe for a fixed number of epochs, trained "
-        "alone on the machine (`zoo/README.md`). kNN: k = 200 (and 20), T = 0.1, the whole test set; linear: "
-        "a linear probe on frozen features. Load average: 1-minute value at the start and end of the run.",
-        "",
-        "| entry | epochs | training (min) | images/s | kNN k=200 | kNN k=20 | linear | load avg start / end | date |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for path in files:
-        r = json.loads(path.read_text())
-        load = r.get("load_average") or {}
-        load = " / ".join(f"{v[0]:.2f}" if v else "?" for v in (load.get("start"), load.get("end")))
-        lines.append(
-            f"| {r['entry']} | {r['epochs']:.0f} | {r['train_minutes']:.1f} | {r['images_per_s']:.0f} | "
-            f"{r['knn200_top1']:.2f}% | {r['knn20_top1']:.2f}% | {_fmt(r.get('linear_top1'), '.2f')}% | {load} | "
-            f"{r['date'][:10]} |"
-        )
-    return "\n".join(lines) + "\n"
+    notes = [f"- {r['config']}: {s['note']}" for r in rows for s in r.get("sittings", []) if s.get("note")]
+    table = results_table(
+        rows,
+        [
+            "config",
+            "epochs",
+            "train_minutes",
+            "images_per_s",
+            "knn200_top1",
+            "knn20_top1",
+            "linear_top1",
+            "load",
+            "day",
+        ],
+    )
+    return "\n".join(
+        [
+            "## The model zoo (`python -m sslbook zoo`)",
+            "",
+            "Each entry is one `cpu`-profile run of a method's shipped recipe for a fixed number of epochs, one "
+            "entry at a time (`zoo/README.md`): its accuracy does not depend on the machine's load, its minutes "
+            "do. kNN: k = 200 (and 20), T = 0.1, the whole test set; linear: a linear probe on frozen features. "
+            "load: the 1-minute load average at the start and the end of the run (2 = the run itself on 2 cores).",
+            "",
+            table.replace("| config |", "| entry |")
+            .replace("| load |", "| load start / end |")
+            .replace("| day |", "| date |"),
+            "",
+            *(["Notes of the sittings:", "", *notes, ""] if notes else []),
+        ]
+    )
 
 
 def main():

@@ -437,16 +437,9 @@ def show_zoo_run(
         return None
     label = label or name
     entry = zoo.row(name, root, profile)
-    rows = []
-    if live is not None:
-        rows.append({**live, "method": f"{label}, this page's run"})
+    rows = [{**live, "method": f"{label}, this page's run"}] if live is not None else []
     rows.append({**entry, "method": f"{label}, zoo ({entry['epochs']:.0f} epochs)"})
-    if pixels is not None:
-        base = pixels if isinstance(pixels, dict) else {"knn200_top1": pixels}
-        rows.append({**base, "method": "raw pixels"})
-    columns = [c for c in ZOO_COLUMNS if any(r.get(c) is not None for r in rows)]
-    show_table(rows, columns + ["published"], [_ZOO_HEADERS[c] for c in columns] + ["published"], digits=1)
-    baseline = rows[-1]["knn200_top1"] if pixels is not None else None
+    baseline = _show_zoo_rows(rows, pixels)
     fig = accuracy_vs_time([entry], x="epochs", baseline=baseline, labels=[f"{label} (zoo)"])
     fig.axes[0].set_title(f"{label}: kNN top-1 on the test set over the zoo run")
     return entry
@@ -473,14 +466,22 @@ def show_zoo_table(
         row = {**zoo.row(name, root, profile), "method": label}
         row["live_knn"] = (live or {}).get(label, {}).get("knn200_top1")
         entries.append(row)
-    rows = list(entries)
+    _show_zoo_rows(entries, pixels)
+    if missing:
+        print(f"not in the zoo here yet: {', '.join(missing)} (`python -m sslbook zoo NAME` trains one)")
+    return entries
+
+
+def _show_zoo_rows(rows: list[dict], pixels: Any) -> Optional[float]:
+    """Show zoo (and live-run) rows with a last raw-pixel row (``pixels``: a kNN top-1 or a row), in the
+    columns some row has (:data:`ZOO_COLUMNS`, the live run's kNN, the published number). Returns the
+    pixels' kNN top-1 (None without ``pixels``)."""
+    rows = list(rows)
     if pixels is not None:
         rows.append({**(pixels if isinstance(pixels, dict) else {"knn200_top1": pixels}), "method": "raw pixels"})
     columns = [c for c in (*ZOO_COLUMNS, "live_knn") if any(r.get(c) is not None for r in rows)]
     show_table(rows, columns + ["published"], [_ZOO_HEADERS[c] for c in columns] + ["published"], digits=1)
-    if missing:
-        print(f"not in the zoo here yet: {', '.join(missing)} (`python -m sslbook zoo NAME` trains one)")
-    return entries
+    return rows[-1].get("knn200_top1") if pixels is not None else None
 
 
 def from_zoo(name: str, profile: Any, stand_in: Callable[[], Any], part: str = "backbone") -> Any:

@@ -365,14 +365,13 @@ def row(name: str, root: Optional[str | Path] = None, profile: str = "cpu") -> d
     """An entry as a row of :mod:`sslbook.report`'s tables and figures: its results.json, plus
     ``out_dir`` (the entry's folder, whose metrics.jsonl holds the kNN curve), ``config``,
     ``images_seen`` and ``published`` (:data:`PUBLISHED`, where there is a number)."""
-    folder = _finished_folder(name, root, profile)
-    res = json.loads((folder / "results.json").read_text())
+    res = results(name, root, profile)
     return {
         **res,
         "config": name,
         "images_seen": res["steps"] * res["batch_size"],
         "published": PUBLISHED.get(name),
-        "out_dir": str(folder),
+        "out_dir": str(entry_dir(name, root, profile)),
     }
 
 

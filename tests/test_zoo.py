@@ -1,6 +1,11 @@
 """The model zoo (sslbook.zoo) on a tiny CIFAR-10 in the smoke profile, in a temporary zoo folder."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -252,12 +257,6 @@ def test_from_zoo_stands_in_only_in_the_smoke_profile(trained, monkeypatch, caps
 def test_sigterm_stops_a_sitting_like_ctrl_c(tmp_path, data_root):
     """A zoo run in the background (SIGINT ignored) is stopped with SIGTERM: the sitting is recorded,
     the checkpoint kept, and the same command resumes to the end."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     command = [sys.executable, "-m", "sslbook", "zoo", "simclr", "--epochs", "200", "--root", str(tmp_path),
                "--set", *settings(data_root, "log_every=1", "eval_every=0")]  # fmt: skip
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
