@@ -86,7 +86,7 @@ ENTRIES = {
     "instdisc": Entry("cifar10/instdisc", PLACEHOLDER_EPOCHS, "architecture"),
     "pirl": Entry("cifar10/pirl", PLACEHOLDER_EPOCHS, "architecture"),
     "moco_v1": Entry("cifar10/moco_v1", PLACEHOLDER_EPOCHS, "architecture"),
-    "moco_v2": Entry("cifar10/moco_v2", PLACEHOLDER_EPOCHS, "architecture"),
+    "moco_v2": Entry("cifar10/moco_v2", 40, "architecture"),
     "swav": Entry("cifar10/swav", PLACEHOLDER_EPOCHS, "architecture"),
     "simsiam": Entry("cifar10/simsiam", PLACEHOLDER_EPOCHS, "architecture"),
     "byol": Entry("cifar10/byol", PLACEHOLDER_EPOCHS, "architecture"),
