@@ -137,6 +137,23 @@ def test_report_renders_bench_files(tmp_path, monkeypatch):
     assert "| cifar10/simclr | 5 | 4.9 | 2.6 | 480 | 1,500 | 44.12 | 45.50 | 50.25 | yes |" in text
 
 
+def test_report_holds_zoo_entries_to_their_goals():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    pixels = {"linear_top1": 37.96}
+    line = report.zoo_target_line
+    assert line("simclr", "architecture", {"knn200_top1": 65.87}, pixels) == "kNN >= 65.00: met (65.87)"
+    assert line("simclr", "architecture", {"knn200_top1": 64.99}, pixels) == "kNN >= 65.00: missed (64.99)"
+    assert line("moco_v1", "architecture", {"knn200_top1": 56.0}, pixels) == "kNN >= 55.00: met (56.00)"
+    assert line("rotation", "pretext", {"linear_top1": 37.5}, pixels) == "linear >= 37.96: missed (37.50)"
+    assert line("byol", "architecture", None, pixels) == "kNN >= 65.00: not trained yet"
+    assert line("supervised", "reference", {"knn200_top1": 85.0}, pixels) == "-"
+    assert line("rotation", "pretext", None, {}) == "-"  # no pixel row to compare with
+
+
 def test_a_corrupt_results_file_is_never_retrained_over_silently(tmp_path):
     out = tmp_path / "r"
     bench.run("cifar10/simclr", out, TINY, linear=False, datasets=tiny_datasets())
