@@ -35,6 +35,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -731,9 +732,9 @@ def _byol(size, mean, std):
     return [v1, v2]
 
 
-def _swav(size, mean, std):
-    """SwAV (Caron et al. 2020), multi-crop: 2 global + 6 local views. ImageNet: 224 px
-    crops with scale (0.14, 1) and 96 px crops with scale (0.05, 0.14); for 32 px CIFAR the
+def _swav(size, mean, std, local_crops=6):
+    """SwAV (Caron et al. 2020), multi-crop: 2 global + 6 local views (``local_crops``). ImageNet:
+    224 px crops with scale (0.14, 1) and 96 px crops with scale (0.05, 0.14); for 32 px CIFAR the
     common port uses 32 px and 18 px (the local side is 18/32 of the global one at other
     sizes). Every crop: flip, jitter(0.8, 0.8, 0.8, 0.2) p=0.8, grayscale p=0.2, Gaussian
     blur sigma 0.1-2.0 p=0.5 (ImageNet scale only)."""
@@ -750,7 +751,7 @@ def _swav(size, mean, std):
         std=std,
     )
     small = replace(g, size=local, scale=(0.05, 0.14))
-    return [g, replace(g)] + [replace(small) for _ in range(6)]
+    return [g, replace(g)] + [replace(small) for _ in range(local_crops)]
 
 
 def _eval(size, mean, std):
@@ -775,9 +776,19 @@ RECIPES = {
 }
 
 
-def recipe(name: str, size: int = 32, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> list[ViewSpec]:
+MULTI_CROP = ("swav",)  # the recipes with small local crops besides the global views
+
+
+def recipe(
+    name: str, size: int = 32, mean=CIFAR10_MEAN, std=CIFAR10_STD, local_crops: Optional[int] = None
+) -> list[ViewSpec]:
     """The list of ``ViewSpec`` a paper used, at output side ``size`` (32 for CIFAR-10, 224
-    for ImageNet). ``Augment(recipe("simclr"))`` is SimCLR's CIFAR-10 augmentation."""
+    for ImageNet). ``Augment(recipe("simclr"))`` is SimCLR's CIFAR-10 augmentation.
+    ``local_crops``: how many small crops a multi-crop recipe adds (None = the paper's)."""
     if name not in RECIPES:
         raise ValueError(f"unknown augmentation recipe {name!r}; valid names: {', '.join(sorted(RECIPES))}")
-    return RECIPES[name](size, tuple(mean), tuple(std))
+    if local_crops is None:
+        return RECIPES[name](size, tuple(mean), tuple(std))
+    if name not in MULTI_CROP:
+        raise ValueError(f"augmentation recipe {name!r} has no local crops (multi-crop: {', '.join(MULTI_CROP)})")
+    return RECIPES[name](size, tuple(mean), tuple(std), local_crops=local_crops)

@@ -38,6 +38,7 @@ class DataConfig:
     crop_size: Optional[int] = None  # side of the (global) training views; default: the images' side (224: imagefolder)
     crop_schedule: Optional[list] = None  # progressive resizing: [[0, 16], [0.5, 24], [0.8, 32]] = from this fraction
     # of the training steps on, views of this side (set at each epoch's start; evaluation stays at crop_size)
+    local_crops: Optional[int] = None  # multi-crop recipes (swav): how many small crops; None = the paper's (6)
     num_workers: int = 8  # imagefolder: decoding processes
     on_device: bool = True  # in-memory datasets: keep the whole uint8 dataset on the GPU
 
@@ -448,6 +449,7 @@ def validate(cfg: Config) -> None:
     from .models import ENCODERS
 
     _check_crop_schedule(cfg)
+    _check_local_crops(cfg)
     if cfg.model.zero_init_residual and not cfg.model.encoder.startswith("resnet"):
         raise ConfigError(f"config key 'model.zero_init_residual' needs a ResNet encoder, got {cfg.model.encoder}")
 
@@ -484,6 +486,21 @@ def _check_crop_schedule(cfg: Config) -> None:
         raise ConfigError(
             "config key 'data.crop_schedule' needs a named augment recipe and a ResNet encoder (a list "
             "of views sets its own sizes; a ViT takes one image size)"
+        )
+
+
+def _check_local_crops(cfg: Config) -> None:
+    from .augment import MULTI_CROP
+
+    count = cfg.data.local_crops
+    if count is None:
+        return
+    if not _type_ok(count, int) or count < 0:
+        raise ConfigError(f"config key 'data.local_crops' must be a whole number >= 0 or null, got {count!r}")
+    if cfg.augment not in MULTI_CROP:
+        raise ConfigError(
+            f"config key 'data.local_crops' needs a multi-crop augment recipe ({', '.join(MULTI_CROP)}), "
+            f"got augment={cfg.augment!r}"
         )
 
 

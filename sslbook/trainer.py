@@ -179,7 +179,7 @@ def make_loader(dataset, cfg: Config, device, batch_size: int, shuffle: bool = T
 
 def build_augment(cfg: Config, mean, std, size: int) -> Augment:
     if isinstance(cfg.augment, str):
-        return Augment(recipe(cfg.augment, size=size, mean=mean, std=std))
+        return Augment(recipe(cfg.augment, size=size, mean=mean, std=std, local_crops=cfg.data.local_crops))
     try:
         return Augment([ViewSpec(**{"mean": mean, "std": std, **view}) for view in cfg.augment])
     except TypeError as e:

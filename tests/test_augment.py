@@ -319,6 +319,10 @@ def test_recipe_details():
     swav = A.recipe("swav", size=224, mean=A.IMAGENET_MEAN, std=A.IMAGENET_STD)
     assert [s.size for s in swav] == [224] * 2 + [96] * 6 and swav[2].scale == (0.05, 0.14)
     assert [s.size for s in A.recipe("swav")] == [32] * 2 + [18] * 6
+    assert [s.size for s in A.recipe("swav", local_crops=2)] == [32, 32, 18, 18]
+    assert [s.size for s in A.recipe("swav", size=16, local_crops=0)] == [16, 16]
+    with pytest.raises(ValueError, match="'simclr' has no local crops"):
+        A.recipe("simclr", local_crops=2)
     assert A.recipe("moco_v1")[0].jitter_p == 1.0 and A.recipe("moco_v1")[0].gray_before_jitter
     assert A.recipe("simsiam") == A.recipe("moco_v2")
 

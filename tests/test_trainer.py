@@ -8,7 +8,7 @@ from conftest import tiny_datasets, tiny_run_config
 from sslbook.config import ConfigError
 from sslbook.methods.simclr import SimCLR
 from sslbook.models import resnet
-from sslbook.trainer import CheckpointError, TrainingDiverged, read_checkpoint, train
+from sslbook.trainer import CheckpointError, TrainingDiverged, build_augment, read_checkpoint, train
 
 
 def config(tmp_path, *overrides, name="run"):
@@ -234,3 +234,14 @@ def test_a_bad_crop_schedule_is_a_config_error(tmp_path):
         config(tmp_path, "data.crop_schedule=[[0.5, 8], [0, 16]]")
     with pytest.raises(ConfigError, match=r"must be a list of \[fraction, side\] pairs"):
         config(tmp_path, "data.crop_schedule=[[0, -8]]")
+
+
+def test_local_crops_set_the_multi_crop_views_and_follow_progressive_resizing(tmp_path):
+    cfg = config(tmp_path, "augment=swav", "data.local_crops=2", "data.crop_schedule=[[0, 16], [0.5, 32]]")
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    assert [v.size for v in build_augment(cfg, mean, std, 32).views] == [32, 32, 18, 18]
+    assert [v.size for v in build_augment(cfg, mean, std, 16).views] == [16, 16, 9, 9]  # local side 18/32
+    with pytest.raises(ConfigError, match="'data.local_crops' must be a whole number >= 0"):
+        config(tmp_path, "augment=swav", "data.local_crops=-1")
+    with pytest.raises(ConfigError, match="'data.local_crops' needs a multi-crop augment recipe"):
+        config(tmp_path, "data.local_crops=2")  # the tiny run's SimCLR views have no local crops
