@@ -37,7 +37,8 @@ class DataConfig:
     load_size: int = 256  # imagefolder: decode to this square size; the augmentations crop from it
     crop_size: Optional[int] = None  # side of the (global) training views; default: the images' side (224: imagefolder)
     crop_schedule: Optional[list] = None  # progressive resizing: [[0, 16], [0.5, 24], [0.8, 32]] = from this fraction
-    # of the training steps on, views of this side (set at each epoch's start; evaluation stays at crop_size)
+    # of the training steps on, views of this side (at epoch starts; at the step with a time budget, which then plans
+    # its length with each side's measured step time); evaluation stays at crop_size
     local_crops: Optional[int] = None  # multi-crop recipes (swav): how many small crops; None = the paper's (6)
     num_workers: int = 8  # imagefolder: decoding processes
     on_device: bool = True  # in-memory datasets: keep the whole uint8 dataset on the GPU

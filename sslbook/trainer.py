@@ -24,6 +24,8 @@ one never runs code from it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -60,6 +62,7 @@ from .losses import output_std
 from .methods import METHODS, Method, build_method
 from .models import build_encoder
 from .optim import build_optimizer, lr_at, peak_lr, set_lr
+from .utils import fork_rng
 
 CHECKPOINT = "checkpoint.pt"
 CALIBRATION_STEPS = (3, 13)  # with a time budget: time steps 3..13 to plan the schedule's length
@@ -608,6 +611,14 @@ class Run:
             self.augment, self.view_side = build_augment(self.cfg, self.mean, self.std, side), side
 
 
+def scheduled_side(cfg: Config, state: TrainState, steps_per_epoch: int, full: int) -> int:
+    """The side of the next step's views. A run with an epoch budget changes side at epoch starts (a
+    whole epoch at one size); a run with a time budget, which may last only an epoch or two, changes
+    it at the step where the schedule's fraction is reached."""
+    step = state.step if cfg.max_minutes is not None else state.epoch * steps_per_epoch
+    return view_side(cfg.data.crop_schedule, step / state.total_steps, full)
+
+
 def view_side(schedule: Optional[list], fraction: float, full: int) -> int:
     """The side of the training views at ``fraction`` of the training steps, by ``data.crop_schedule``
     (the last entry whose fraction has been reached); without a schedule, ``full``."""
@@ -729,8 +740,12 @@ class SchedulePlanner:
         state, optim = self.state, self.cfg.optim
         return lr_at(state.step, state.total_steps, state.warmup_steps, self.peak, optim.schedule, optim.min_lr)
 
-    def after_step(self) -> bool:
-        """Time the calibration steps; True when the schedule's length has just been fixed."""
+    def after_step(self, time_sides=None) -> bool:
+        """Time the calibration steps; True when the schedule's length has just been fixed.
+
+        With progressive resizing the calibration steps run at the first side only, so
+        ``time_sides`` (a function returning seconds per step at each side of the schedule) tells
+        what the later, larger views will cost."""
         state, first, last = self.state, *CALIBRATION_STEPS
         if self.planned or state.step not in (first, last):
             return False
@@ -742,8 +757,18 @@ class SchedulePlanner:
         if self.start is None:
             return False
         per_step = (state.train_seconds - self.start[1]) / (last - first)
-        fit = state.step + int((self.budget - state.train_seconds) / per_step)
-        fit = torch.tensor(min(fit, self.cfg.epochs * self.steps_per_epoch))
+        most = self.cfg.epochs * self.steps_per_epoch
+        if self.cfg.data.crop_schedule:
+            fit = steps_that_fit(
+                self.cfg.data.crop_schedule,
+                state.step,
+                self.budget - state.train_seconds,
+                scaled_costs(per_step, time_sides() if time_sides else {}, self.cfg),
+                most,
+            )
+        else:
+            fit = state.step + int((self.budget - state.train_seconds) / per_step)
+        fit = torch.tensor(min(fit, most))
         if dist.world_size() > 1:
             torch.distributed.broadcast(fit, 0)  # every process follows rank 0's plan
         self.plan(int(fit))
@@ -755,6 +780,72 @@ class SchedulePlanner:
         if self.budget is None:
             return False
         return stop_vote(self.state.train_seconds >= self.budget, self.state.step, self.cfg.log_every, self.device)
+
+
+def scaled_costs(per_step: float, measured: dict, cfg: Config) -> dict:
+    """Seconds per step at every side of ``cfg.data.crop_schedule``: ``per_step`` (timed at the first
+    side) scaled by the ``measured`` ratios between sides, or by the views' pixel count when a side was
+    not measured (the convolutions' cost grows with it; small views run a little slower than that)."""
+    first = int(cfg.data.crop_schedule[0][1])
+    costs = {}
+    for _, side in cfg.data.crop_schedule:
+        side = int(side)
+        if first in measured and side in measured:
+            costs[side] = per_step * measured[side] / measured[first]
+        else:
+            costs[side] = per_step * (side / first) ** 2
+    return costs
+
+
+def steps_that_fit(schedule: list, done: int, seconds_left: float, costs: dict, most: int) -> int:
+    """The largest schedule length T (at most ``most``) whose steps after ``done`` fit in ``seconds_left``,
+    when step t runs at the side ``schedule`` gives for t / T and costs ``costs[side]`` seconds."""
+
+    def seconds(total: int) -> float:
+        edges = [min(max(round(f * total), done), total) for f, _ in schedule] + [total]
+        return sum((edges[i + 1] - edges[i]) * costs[int(side)] for i, (_, side) in enumerate(schedule))
+
+    low, high = done, most  # seconds() grows with T: bisect
+    if seconds(high) <= seconds_left:
+        return high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if seconds(middle) <= seconds_left else (low, middle)
+    return low
+
+
+def time_sides(run: Run, images: torch.Tensor, index: torch.Tensor, steps: int = 2) -> dict:
+    """Seconds per training step at every side of ``data.crop_schedule``, timed on a throw-away copy of
+    the method with a throw-away optimiser and a private RNG, so the run itself is unchanged. Empty under
+    DDP (collectives on a copy are not safe) or if the method cannot be copied; the planner then scales
+    by pixel count."""
+    if dist.world_size() > 1:
+        return {}
+    try:
+        method = copy.deepcopy(run.method)
+    except Exception:  # noqa: BLE001 (e.g. a compiled or hooked module): fall back to pixel counts
+        return {}
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.0, momentum=0.9)
+    costs = {}
+    with fork_rng(run.device):
+        for side in sorted({int(side) for _, side in run.cfg.data.crop_schedule}):
+            probe = dataclasses.replace(
+                run,
+                method=method,
+                model=method,
+                optimizer=optimizer,
+                scaler=torch.amp.GradScaler(enabled=False),
+                augment=build_augment(run.cfg, run.mean, run.std, side),
+            )
+            times = []
+            for _ in range(steps + 1):  # the first one warms up
+                start = time.perf_counter()
+                train_step(probe, images, index, epoch=0, progress=0.0)
+                if run.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            costs[side] = sorted(times[1:])[len(times[1:]) // 2]
+    return costs
 
 
 def reached_max_steps(cfg: Config, state: TrainState) -> bool:
@@ -945,11 +1036,10 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
     stop = state.finished or reached_max_steps(cfg, state)
     run.method.train()
     while not stop and state.epoch < cfg.epochs:
-        if cfg.data.crop_schedule:  # progressive resizing: this epoch's view side
-            progress = state.epoch * run.steps_per_epoch / state.total_steps
-            run.set_view_side(view_side(cfg.data.crop_schedule, progress, run.full_side))
         tick = time.perf_counter()
         for images, _, index in run.loader.epoch(state.epoch, start=state.batch):
+            if cfg.data.crop_schedule:  # progressive resizing
+                run.set_view_side(scheduled_side(cfg, state, run.steps_per_epoch, run.full_side))
             lr = schedule.lr()  # warm-up, then cosine decay
             set_lr(run.optimizer, lr, run.peak_lr)
             out = train_step(run, images, index, state.epoch, progress=(state.step + 1) / state.total_steps)
@@ -959,7 +1049,8 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
             log.add(out["loss"])
             now = time.perf_counter()
             state.train_seconds, tick = state.train_seconds + now - tick, now
-            replanned = schedule.after_step()  # with a time budget: fix the schedule's length once
+            replanned = schedule.after_step(lambda: time_sides(run, images, index))  # time budget: plan once
+            tick = time.perf_counter() if replanned else tick  # planning is not training time
 
             finished = state.step >= state.total_steps or schedule.over_budget()
             done = finished or reached_max_steps(cfg, state)

@@ -8,7 +8,17 @@ from conftest import tiny_datasets, tiny_run_config
 from sslbook.config import ConfigError
 from sslbook.methods.simclr import SimCLR
 from sslbook.models import resnet
-from sslbook.trainer import CheckpointError, TrainingDiverged, build_augment, read_checkpoint, train
+from sslbook.trainer import (
+    CheckpointError,
+    TrainingDiverged,
+    build_augment,
+    prepare_run,
+    read_checkpoint,
+    scaled_costs,
+    steps_that_fit,
+    time_sides,
+    train,
+)
 
 
 def config(tmp_path, *overrides, name="run"):
@@ -245,3 +255,39 @@ def test_local_crops_set_the_multi_crop_views_and_follow_progressive_resizing(tm
         config(tmp_path, "augment=swav", "data.local_crops=-1")
     with pytest.raises(ConfigError, match="'data.local_crops' needs a multi-crop augment recipe"):
         config(tmp_path, "data.local_crops=2")  # the tiny run's SimCLR views have no local crops
+
+
+def test_a_time_budgeted_progressive_run_changes_side_at_the_step(tmp_path):
+    schedule = "data.crop_schedule=[[0, 8], [0.3, 12], [0.6, 16]]"
+    by_epoch = side_recording_simclr()  # 4 epochs of 4 steps: the side is the epoch start's
+    train(config(tmp_path, schedule, "epochs=4", name="epochs"), method=by_epoch, datasets=data())
+    assert by_epoch.sides == [8] * 8 + [12] * 4 + [16] * 4  # epoch starts at 0, 0.25, 0.5, 0.75
+    by_step = side_recording_simclr()  # a budget that does not bind: the plan keeps all 16 steps
+    result = train(
+        config(tmp_path, schedule, "epochs=4", "max_minutes=30", name="minutes"), method=by_step, datasets=data()
+    )
+    assert by_step.sides == [8] * 5 + [12] * 5 + [16] * 6  # step t at t / 16: 5/16 >= 0.3, 10/16 >= 0.6
+    assert result.results["steps"] == 16
+
+
+def test_planning_a_progressive_run_prices_each_side(tmp_path):
+    schedule = [[0, 16], [0.5, 32]]
+    # T/2 steps at 1 s and T/2 at 4 s fit 50 s for T = 20 (T = 21: 10 + 11 x 4 = 54 s)
+    assert steps_that_fit(schedule, 0, 50.0, {16: 1.0, 32: 4.0}, most=1000) == 20
+    # 10 steps done: only what is left counts (T = 20: 10 steps at 4 s)
+    assert steps_that_fit(schedule, 10, 40.0, {16: 1.0, 32: 4.0}, most=1000) == 20
+    assert steps_that_fit(schedule, 0, 1e9, {16: 1.0, 32: 4.0}, most=1000) == 1000  # capped by the epochs
+    cfg = config(tmp_path, "data.crop_schedule=[[0, 16], [0.5, 32]]")
+    assert scaled_costs(0.2, {16: 0.1, 32: 0.3}, cfg) == pytest.approx({16: 0.2, 32: 0.6})  # measured ratio 3
+    assert scaled_costs(0.2, {}, cfg) == pytest.approx({16: 0.2, 32: 0.8})  # pixel count: 4x
+
+
+def test_timing_the_sides_leaves_the_run_unchanged(tmp_path):
+    cfg = config(tmp_path, "data.crop_schedule=[[0, 8], [0.5, 16]]")
+    run = prepare_run(cfg, side_recording_simclr(), data())
+    images, _, index = next(iter(run.loader.epoch(0)))
+    weights, rng = params(run.method), torch.get_rng_state()
+    costs = time_sides(run, images, index)
+    assert sorted(costs) == [8, 16] and all(c > 0 for c in costs.values())
+    assert torch.equal(params(run.method), weights) and torch.equal(torch.get_rng_state(), rng)
+    assert not hasattr(run.method, "sides")  # the copy took the steps
