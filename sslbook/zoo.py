@@ -391,9 +391,11 @@ def train_entry(
     force: bool = False,
     overrides: Sequence[str] = (),
     root: Optional[str | Path] = None,
+    note: Optional[str] = None,
 ) -> Optional[dict]:
     """Train, resume or reuse one zoo entry; returns its results, or None if the run stopped before
-    its end (``max_steps``; run the same command again to resume).
+    its end (``max_steps``; run the same command again to resume). ``note`` is kept with this sitting
+    (e.g. what else ran on the machine meanwhile).
 
     A finished entry with the same settings is reused. An entry made with other settings is refused
     (:class:`ZooError` naming the keys) unless ``force``, which deletes it and trains afresh; ``force``
@@ -428,7 +430,7 @@ def train_entry(
     train_set, test_set = datasets
     mean, std, _ = dataset_stats(train_set, cfg.data.crop_size)
 
-    sitting = {"date": _now(), "load_average_start": _loadavg()}
+    sitting = {"date": _now(), "load_average_start": _loadavg(), **({"note": note} if note else {})}
     wall = time.perf_counter()
     try:
         result = train(cfg, datasets=datasets)
@@ -520,6 +522,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m sslbook zo
         help="config overrides (changing them changes the entry's settings)",
     )
     parser.add_argument("--root", default=None, help=f"zoo folder (default: ${ZOO_ENV} or {DEFAULT_ROOT})")
+    parser.add_argument("--note", default=None, help="a note kept with this sitting (e.g. what else ran meanwhile)")
     args = parser.parse_args(argv)
     try:
         if args.list or not args.names:
@@ -533,7 +536,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m sslbook zo
         with zoo_lock(args.root), stop_on_sigterm():
             for name in names:
                 start = time.perf_counter()
-                train_entry(name, args.epochs, args.force, args.set, args.root)
+                train_entry(name, args.epochs, args.force, args.set, args.root, args.note)
                 _say(f"{name}: {(time.perf_counter() - start) / 60:.1f} min in this command")
     except (ZooError, ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -126,13 +126,14 @@ def test_interrupted_and_resumed_entry_equals_an_uninterrupted_one(tmp_path, dat
     assert zoo.status("simclr", 2, settings(data_root), split) == "simclr: unfinished, step 5 of 12"
     with pytest.raises(zoo.ZooError, match="not trained"):
         zoo.results("simclr", split, profile="smoke")
-    assert cli(split, data_root, "simclr", "--epochs", "2") == 0
+    assert cli(split, data_root, "simclr", "--epochs", "2", "--note", "tests ran meanwhile") == 0
     assert "resuming" in capsys.readouterr().out
     a = torch.load(whole / "cifar10-smoke" / "simclr" / "simclr.pt", weights_only=True)["state_dict"]
     b = torch.load(split / "cifar10-smoke" / "simclr" / "simclr.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     res = zoo.results("simclr", split, profile="smoke")
     assert [s["steps"] for s in res["sittings"]] == [5, 12]
+    assert [s.get("note") for s in res["sittings"]] == [None, "tests ran meanwhile"]  # --note: this sitting's
     log = [json.loads(line) for line in (split / "cifar10-smoke" / "simclr" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval"]["epoch"] for r in log if "eval" in r] == [1]  # the kNN curve spans both sittings
     assert res["knn200_top1"] == zoo.results("simclr", whole, profile="smoke")["knn200_top1"]
