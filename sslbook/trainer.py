@@ -33,6 +33,7 @@ import pickle
 import random
 import re
 import resource
+import statistics
 import sys
 import time
 import warnings
@@ -844,7 +845,7 @@ def time_sides(run: Run, images: torch.Tensor, index: torch.Tensor, steps: int =
                 if run.device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
-            costs[side] = sorted(times[1:])[len(times[1:]) // 2]
+            costs[side] = statistics.median(times[1:])
     return costs
 
 
