@@ -89,7 +89,7 @@ ENTRIES = {
     "moco_v2": Entry("cifar10/moco_v2", 40, "architecture"),
     "swav": Entry("cifar10/swav", PLACEHOLDER_EPOCHS, "architecture"),
     "simsiam": Entry("cifar10/simsiam", PLACEHOLDER_EPOCHS, "architecture"),
-    "byol": Entry("cifar10/byol", PLACEHOLDER_EPOCHS, "architecture"),
+    "byol": Entry("cifar10/byol", 40, "architecture"),
     # the seven pretext tasks
     "rotation": Entry("cifar10/rotation", PLACEHOLDER_EPOCHS, "pretext"),
     "jigsaw": Entry("cifar10/jigsaw", PLACEHOLDER_EPOCHS, "pretext"),
