@@ -90,14 +90,16 @@ ENTRIES = {
     "swav": Entry("cifar10/swav", PLACEHOLDER_EPOCHS, "architecture"),
     "simsiam": Entry("cifar10/simsiam", PLACEHOLDER_EPOCHS, "architecture"),
     "byol": Entry("cifar10/byol", 40, "architecture"),
-    # the seven pretext tasks
-    "rotation": Entry("cifar10/rotation", PLACEHOLDER_EPOCHS, "pretext"),
-    "jigsaw": Entry("cifar10/jigsaw", PLACEHOLDER_EPOCHS, "pretext"),
-    "relative_patch": Entry("cifar10/relative_patch", PLACEHOLDER_EPOCHS, "pretext"),
-    "colorization": Entry("cifar10/colorization", PLACEHOLDER_EPOCHS, "pretext"),
-    "cmc": Entry("cifar10/cmc", PLACEHOLDER_EPOCHS, "pretext"),
-    "temporal": Entry("cifar10/temporal", PLACEHOLDER_EPOCHS, "pretext"),
-    "cpc": Entry("cifar10/cpc", PLACEHOLDER_EPOCHS, "pretext"),
+    # the seven pretext tasks, at equal compute: about 30 minutes of 2 cores each, as epochs (so the run
+    # stays deterministic): 30 min x the task's images/s in the 2-minute comparison (bench-cpu.json) /
+    # 50,000 images. Their per-image costs differ 12-fold (CPC 73 images/s, jigsaw 917).
+    "rotation": Entry("cifar10/rotation", 8, "pretext"),
+    "jigsaw": Entry("cifar10/jigsaw", 32, "pretext"),
+    "relative_patch": Entry("cifar10/relative_patch", 30, "pretext"),
+    "colorization": Entry("cifar10/colorization", 20, "pretext"),
+    "cmc": Entry("cifar10/cmc", 24, "pretext"),
+    "temporal": Entry("cifar10/temporal", 8, "pretext"),
+    "cpc": Entry("cifar10/cpc", 3, "pretext"),
     # the same encoder trained with the labels
     "supervised": Entry("cifar10/supervised", 30, "reference"),
     # for the pictures of first-layer filters: the same networks with a 7x7 stem (at stride 1), whose
