@@ -88,7 +88,7 @@ ENTRIES = {
     "moco_v1": Entry("cifar10/moco_v1", PLACEHOLDER_EPOCHS, "architecture"),
     "moco_v2": Entry("cifar10/moco_v2", 40, "architecture"),
     "swav": Entry("cifar10/swav", PLACEHOLDER_EPOCHS, "architecture"),
-    "simsiam": Entry("cifar10/simsiam", PLACEHOLDER_EPOCHS, "architecture"),
+    "simsiam": Entry("cifar10/simsiam", 30, "architecture"),
     "byol": Entry("cifar10/byol", 40, "architecture"),
     # the seven pretext tasks, at equal compute: about 30 minutes of 2 cores each, as epochs (so the run
     # stays deterministic): 30 min x the task's images/s in the 2-minute comparison (bench-cpu.json) /
