@@ -396,6 +396,7 @@ def transfer_arm(
     steps: Optional[int] = None,
     max_minutes: Optional[float] = None,
     lr: float = 0.05,
+    encoder_lr_scale: float = 1.0,
     weight_decay: float = 1e-4,
     batch_size: int = 64,
     hidden: int = 64,
@@ -418,6 +419,8 @@ def transfer_arm(
       of wall clock (:func:`sslbook.supervised.fit` re-plans the run to fit it).
     - Optimisation: SGD (momentum 0.9, ``weight_decay``), a linear warm-up over the first ``warmup``
       fraction of the planned steps to the peak ``lr``, then cosine to 0; horizontal flips;
+      ``encoder_lr_scale`` multiplies the encoder's peak lr when it is fine-tuned (e.g. 0.1: the
+      pre-trained layers move slowly while the new head, starting from random, learns at ``lr``);
       ``batch_size`` scenes per step; ``precision`` as :func:`~sslbook.supervised.fit` (for these small
       heads bf16 autocast was slower than fp32 on the book's 2-core CPU). The encoder is copied, never changed.
 
@@ -426,6 +429,8 @@ def transfer_arm(
     "train_scenes", "epochs", "steps", "minutes" (training only), "losses", "model"}``.
     """
     _check_task(task)
+    if not encoder_lr_scale >= 0:
+        raise ValueError(f"encoder_lr_scale must be >= 0 (a factor of lr), got {encoder_lr_scale}")
     labelled = train.fraction(fraction, seed) if fraction < 1 else train
     num_classes = train.num_classes
     with fork_rng(device):
@@ -438,12 +443,18 @@ def transfer_arm(
     if steps is not None:
         epochs = math.ceil(steps / per_epoch)
     planned = steps if steps is not None else epochs * per_epoch
+    param_groups = None
+    if not frozen and encoder_lr_scale != 1:
+        encoder_ids = {id(p) for p in model.encoder.parameters()}
+        head = [p for p in model.parameters() if id(p) not in encoder_ids]
+        param_groups = [{"params": head}, {"params": list(model.encoder.parameters()), "lr": lr * encoder_lr_scale}]
     result = fit(
         model,
         scene_batches(labelled, batch_size, seed),
         loss_fn,
         epochs=epochs,
         lr=lr,
+        param_groups=param_groups,
         weight_decay=weight_decay,
         warmup_epochs=warmup * planned / per_epoch,
         max_minutes=max_minutes,

@@ -206,6 +206,24 @@ def test_transfer_arm_fraction_steps_frozen_and_determinism(colour_scenes):
         transfer_arm(encoder, "depth", train, test)
 
 
+def test_transfer_arm_encoder_lr_scale(colour_scenes):
+    """The encoder's own peak lr: 0 leaves its weights as pre-trained (its BatchNorm statistics still
+    follow the scenes), 1 trains it with the head; a negative factor is refused in one line."""
+    train, test = colour_scenes
+    encoder = resnet(18, "cifar", width=4)
+    kw = dict(steps=3, batch_size=32, lr=0.1, hidden=8, seed=0)
+    still = transfer_arm(encoder, "segmentation", train, test, encoder_lr_scale=0.0, **kw)["model"]
+    moved = transfer_arm(encoder, "segmentation", train, test, **kw)["model"]
+    assert torch.equal(still.encoder.conv1.weight, encoder.conv1.weight)
+    assert not torch.equal(moved.encoder.conv1.weight, encoder.conv1.weight)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the arm builds its head from its seed, so this is the head before training
+        initial = segmentation_model(encoder, train.num_classes, hidden=8)
+    assert not torch.equal(still.out.weight, initial.out.weight)  # the head trains either way
+    with pytest.raises(ValueError, match="encoder_lr_scale must be >= 0"):
+        transfer_arm(encoder, "segmentation", train, test, encoder_lr_scale=-1.0, **kw)
+
+
 def test_show_scene_predictions_draws_truth_and_predictions(colour_scenes):
     _, test = colour_scenes
     model = detection_model(resnet(18, "cifar", width=4), num_classes=4, hidden=8)
