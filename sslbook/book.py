@@ -159,6 +159,14 @@ def table(
     return Table(headers, [[_number(v, digits) for v in r] for r in rows], align, caption)
 
 
+def show_sentences(lines: Sequence[str]) -> None:
+    """Show sentences a notebook generated from its own numbers as one Markdown block (a bullet list
+    when each line starts with ``- ``); tables go through :func:`show_table` instead."""
+    from IPython.display import Markdown, display
+
+    display(Markdown("\n".join(lines)))
+
+
 def show_table(
     rows: Any,
     columns: Optional[Sequence[str]] = None,
