@@ -560,6 +560,10 @@ def summarize(values: Sequence[float]) -> dict:
     return {"mean": sum(values) / len(values), "spread": (max(values) - min(values)) / 2, "seeds": len(values)}
 
 
+def _no_sweep(name: str) -> None:
+    print(f"the results of experiment {name!r} are not here; `python benchmarks/book_experiments.py {name}` makes them")
+
+
 def show_sweep(name: str, labels: Optional[dict] = None, logged: Sequence[str] = (), root=None) -> Optional[dict]:
     """Show a book experiment's results as a table: one row per setting (``labels``: setting -> the
     name shown, in that order; default every setting), with its kNN top-1 as mean ± half the range over
@@ -568,11 +572,7 @@ def show_sweep(name: str, labels: Optional[dict] = None, logged: Sequence[str] =
     file if it is not there."""
     sweep = sweep_results(name, root)
     if sweep is None:
-        print(
-            f"the results of experiment {name!r} are not here; "
-            f"`python benchmarks/book_experiments.py {name}` makes them"
-        )
-        return None
+        return _no_sweep(name)
     settings = sweep_settings(sweep)
     labels = labels or {s: s for s in settings}
     rows = []
@@ -600,6 +600,33 @@ def show_sweep(name: str, labels: Optional[dict] = None, logged: Sequence[str] =
         f"({sweep['date']}): `benchmarks/book_experiments.py {name}`",
     )
     return settings
+
+
+def show_sweep_curves(
+    name: str, keys: Sequence[str], labels: Optional[dict] = None, titles: Sequence[str] = (), root=None
+):
+    """The training curves of a book experiment: one panel per logged key in ``keys`` (e.g. ``"loss"``,
+    ``"output_std"``) against the step, one line per setting (``labels``: setting -> the name shown),
+    from the seed-0 arm's step records in the results file. Returns the figure, or None (with
+    :func:`show_sweep`'s line) if the file is not there."""
+    import matplotlib.pyplot as plt
+
+    sweep = sweep_results(name, root)
+    if sweep is None:
+        return _no_sweep(name)
+    arms = {arm["arm"]: arm for arm in sweep["arms"] if arm.get("step_curve")}
+    labels = labels or {a: a for a in arms if not SEED_SUFFIX.search(a)}
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.6), squeeze=False)
+    for ax, key, title in zip(axes[0], keys, [*titles, *keys[len(titles) :]]):
+        for setting, label in labels.items():
+            points = [(r["step"], r[key]) for r in arms.get(setting, {}).get("step_curve", []) if key in r]
+            if points:
+                ax.plot(*zip(*points), label=label)
+        ax.set(xlabel="step", ylabel=key, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def compare_settings(settings: Optional[dict], a: str, b: str, b_label: Optional[str] = None) -> str:

@@ -377,6 +377,21 @@ def row(name: str, root: Optional[str | Path] = None, profile: str = "cpu") -> d
     }
 
 
+def knn_curve(name: str, root: Optional[str | Path] = None, profile: str = "cpu") -> list[tuple[float, float]]:
+    """The entry's kNN curve (k=200) as (epoch, top-1 %) pairs, from its metrics.jsonl, final value last."""
+    from .report import metric_history
+
+    entry = row(name, root, profile)
+    per_step = entry["epochs"] / max(1, entry["steps"])
+    return [(step * per_step, knn) for _, step, knn in metric_history(entry, "knn200_top1")]
+
+
+def first_epoch_above(curve: Sequence[tuple[float, float]], value: float) -> Optional[float]:
+    """The first epoch of a :func:`knn_curve` at which the kNN is above ``value`` (e.g. raw pixels), or
+    None if it never is."""
+    return next((epoch for epoch, knn in curve if knn > value), None)
+
+
 def weights_megabytes(root: Optional[str | Path] = None) -> float:
     """The size of every weights file of the zoo (the part that is committed), in MB."""
     return sum(p.stat().st_size for p in zoo_root(root).glob("*/*/*.pt")) / 1e6

@@ -83,6 +83,21 @@ def test_show_sweep_reads_the_results_file_and_names_the_command_when_missing(tm
     assert "0.00" in out and "0.06" in out  # the last logged output std of each arm
 
 
+def test_sweep_curves_draw_the_seed_0_arm_of_each_setting(tmp_path, capsys):
+    assert book.show_sweep_curves("simsiam-stopgrad", ["output_std"], root=tmp_path) is None
+    assert "book_experiments.py simsiam-stopgrad` makes them" in capsys.readouterr().out
+    path = tmp_path / "benchmarks" / "results" / "sweep-simsiam-stopgrad.json"
+    path.parent.mkdir(parents=True)
+    arms = [_arm("stopgrad", 35.0, 0.06), _arm("stopgrad-s1", 36.0, 0.07), _arm("no-stopgrad", 12.0, 0.001)]
+    path.write_text(json.dumps(_sweep(arms)))
+    fig = book.show_sweep_curves("simsiam-stopgrad", ["output_std"], root=tmp_path)
+    (ax,) = fig.axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines == {"stopgrad": [0.05, 0.06], "no-stopgrad": [0.05, 0.001]}  # seed 1 is not drawn
+    fig = book.show_sweep_curves("simsiam-stopgrad", ["output_std"], {"no-stopgrad": "without"}, root=tmp_path)
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["without"]
+
+
 def test_a_sweep_trains_writes_curves_and_reuses_finished_arms(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     write_cifar_fixture(data, n_per_batch=20)

@@ -8,6 +8,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+# drafts/: pages written but not yet executed in the cpu profile; their source follows the same rules
+DRAFTS = sorted(p for p in (ROOT / "drafts").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+SOURCES = NOTEBOOKS + DRAFTS
+SOURCE_IDS = [str(p.relative_to(ROOT).with_suffix("")) for p in SOURCES]
 TOC = (ROOT / "_toc.yml").read_text()
 
 
@@ -43,7 +47,7 @@ def test_notebook_is_in_the_book(path):
     assert str(path.relative_to(ROOT).with_suffix("")) in TOC, f"{path} is not listed in _toc.yml"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", SOURCES, ids=SOURCE_IDS)
 def test_no_reimplementation_in_notebooks(path):
     """Chapters import sslbook; they must not define losses, models or training loops themselves."""
     nb = json.loads(path.read_text())
@@ -59,7 +63,7 @@ def _code(path):
     return nb, "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", SOURCES, ids=SOURCE_IDS)
 def test_gpu_plan_fits_a_colab_session(path):
     """Every notebook declares its training runs; in the gpu profile they fit one Colab session."""
     from sslbook import book
@@ -79,7 +83,7 @@ def test_gpu_plan_fits_a_colab_session(path):
     assert uncapped is None or "PLAN.overrides(" in source, f"{path.name}: an uncapped gpu run ({uncapped.group(0)!r})"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", SOURCES, ids=SOURCE_IDS)
 def test_notebook_source_follows_the_book_conventions(path):
     """Issue 15/18 regressions: examples never the first N of a split, code shown highlighted, runs found by
     name, the override list from book.LIVE_RUN, progress never captured."""

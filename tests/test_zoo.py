@@ -244,6 +244,16 @@ def test_an_entry_as_a_report_row_and_on_a_page(trained, capsys):
     assert "not in the zoo here yet: byol" in capsys.readouterr().out
 
 
+def test_knn_curve_in_epochs_and_the_first_epoch_above_a_baseline(trained):
+    curve = zoo.knn_curve("simclr", trained, "smoke")
+    res = zoo.results("simclr", trained, "smoke")
+    assert curve[-1] == (pytest.approx(res["epochs"]), res["knn200_top1"])  # the final value, at the last epoch
+    assert [e for e, _ in curve] == sorted(e for e, _ in curve)
+    curve = [(2.0, 40.0), (4.0, 41.25), (6.0, 45.5), (8.0, 44.0)]  # by hand: strictly above 41.25 first at 6
+    assert zoo.first_epoch_above(curve, 41.25) == 6.0
+    assert zoo.first_epoch_above(curve, 50.0) is None
+
+
 def test_from_zoo_stands_in_only_in_the_smoke_profile(trained, monkeypatch, capsys):
     from sslbook import book
 
