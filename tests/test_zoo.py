@@ -171,6 +171,9 @@ def test_supervised_loss_is_cross_entropy_on_the_labels_of_the_batch():
         empty([x], index)
     empty.load_state_dict(method.state_dict())
     assert torch.equal(empty.labels, labels) and torch.allclose(empty([x], index)["loss"], expected)
+    classifier = method.as_classifier()  # image -> class scores, sharing the method's modules
+    assert torch.equal(classifier(x), method.classifier(method.backbone(x)))
+    assert classifier.encoder is method.backbone and classifier.head is method.classifier
 
 
 def test_export_drops_queues_and_keeps_the_networks():

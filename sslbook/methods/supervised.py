@@ -19,6 +19,7 @@ that never got its labels is a one-line error, not a silent loss on zeros.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -64,6 +65,11 @@ class Supervised(Method):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.has_labels = self.has_labels or "labels" in state_dict
         return result
+
+    def as_classifier(self) -> nn.Sequential:
+        """The trained network as an image -> class-scores model, ``nn.Sequential(encoder=..., head=...)``
+        like :func:`sslbook.eval.fine_tune`'s (sharing this method's modules), for Grad-CAM and predictions."""
+        return nn.Sequential(OrderedDict(encoder=self.backbone, head=self.classifier))
 
     def forward(self, views, index=None):
         if not self.has_labels:
