@@ -30,6 +30,7 @@ import sweep_recipes  # noqa: E402
 
 # The cpu recipe of a config is its shipped `profiles: cpu:` section; these are the arms on top of it.
 PROGRESSIVE = "data.crop_schedule=[[0, 16], [0.33, 24], [0.66, 32]]"
+CROP_FLIP_ONLY = "[{size: 32, jitter_p: 0.0, gray_p: 0.0}, {size: 32, jitter_p: 0.0, gray_p: 0.0}]"  # no colour
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,36 @@ EXPERIMENTS = {
         question="how far does the memory bank lag the encoder, by the age of its rows, with and without averaging?",
         measure="bank_staleness",
     ),
+    # the choosing page: a pretext task on data where its label carries no information, and an augmentation that
+    # removes what the labels need (data.variant: sslbook.data.rotated_copy / tinted_copy)
+    "rotation-rotated": Experiment(
+        "rotation",
+        epochs=2,
+        seeds=(0, 1),
+        arms={"upright": [], "rotated": ["data.variant=rotated"]},
+        page="chapters/02_pretext/choosing.ipynb",
+        question="how much does RotNet lose when the images have no upright orientation?",
+    ),
+    "simclr-rotated": Experiment(
+        "simclr",
+        epochs=2,
+        seeds=(0, 1),
+        arms={"upright": [], "rotated": ["data.variant=rotated"]},
+        page="chapters/02_pretext/choosing.ipynb",
+        question="and SimCLR, whose task does not refer to an orientation?",
+    ),
+    "simclr-tinted": Experiment(
+        "simclr",
+        epochs=2,
+        seeds=(0, 1),
+        arms={
+            "colour": ["data.variant=tinted"],
+            "crop-flip": ["data.variant=tinted", f"augment={CROP_FLIP_ONLY}"],
+        },
+        page="chapters/02_pretext/choosing.ipynb",
+        question="what does colour augmentation cost when the label is the colour (and buy for the objects)?",
+        measure="object_knn",
+    ),
 }
 
 
@@ -126,7 +157,24 @@ def bank_staleness(out_dir: Path) -> dict:
     }
 
 
-MEASURES = {"bank_staleness": bank_staleness}
+def object_knn(out_dir: Path) -> dict:
+    """kNN top-1 (k=200) of a run trained on ``data.variant=tinted`` on the *object* labels the tinted images
+    still carry (the same images in the same order without the variant), from the frozen embedding."""
+    import dataclasses
+
+    from sslbook.bench import load_method
+    from sslbook.eval import extract_features, knn_accuracy
+    from sslbook.trainer import load_datasets
+
+    method, cfg = load_method(out_dir)
+    train, test = load_datasets(cfg)
+    plain_train, plain_test = load_datasets(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, variant=None)))
+    train_x = extract_features(method.embed, train.images, train.mean, train.std)
+    test_x = extract_features(method.embed, test.images, train.mean, train.std)
+    return {"knn200_top1": knn_accuracy(train_x, plain_train.labels, test_x, plain_test.labels)}
+
+
+MEASURES = {"bank_staleness": bank_staleness, "object_knn": object_knn}
 
 
 def add_measures(name: str, path: Path) -> None:

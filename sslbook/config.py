@@ -40,6 +40,9 @@ class DataConfig:
     # of the training steps on, views of this side (at epoch starts; at the step with a time budget, which then plans
     # its length with each side's measured step time); evaluation stays at crop_size
     local_crops: Optional[int] = None  # multi-crop recipes (swav): how many small crops; None = the paper's (6)
+    variant: Optional[str] = None  # rotated | tinted: train and evaluate on a copy of an in-memory dataset
+    # (sslbook.data.rotated_copy / tinted_copy: every image turned by its own quarter / grayscale times one of ten
+    # tints, the tint its label), for the pretext chapter's experiments
     num_workers: int = 8  # imagefolder: decoding processes
     on_device: bool = True  # in-memory datasets: keep the whole uint8 dataset on the GPU
 
@@ -370,6 +373,7 @@ def apply_recipe(cfg: Config, recipes: Any, profile: str) -> None:
 
 CHOICES = {
     ("data", "dataset"): ("cifar10", "cifar100", "stl10", "imagefolder"),
+    ("data", "variant"): (None, "rotated", "tinted"),
     ("model", "stem"): ("cifar", "imagenet"),
     ("optim", "name"): ("sgd", "adamw", "lars"),
     ("optim", "lr_scaling"): ("linear", "sqrt", "none"),
@@ -440,7 +444,8 @@ def validate(cfg: Config) -> None:
             obj = getattr(obj, part)
         value = getattr(obj, path[-1])
         if value not in choices:
-            raise ConfigError(f"config key {'.'.join(path)!r} must be one of {', '.join(choices)}, got {value!r}")
+            valid = ", ".join(str(c or "null") for c in choices)
+            raise ConfigError(f"config key {'.'.join(path)!r} must be one of {valid}, got {value!r}")
     kernel = cfg.model.stem_kernel
     if kernel is not None and (kernel < 1 or kernel % 2 == 0 or not cfg.model.encoder.startswith("resnet")):
         raise ConfigError(

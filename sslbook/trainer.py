@@ -57,6 +57,8 @@ from .data import (
     load_cifar,
     load_image_folder,
     load_stl10,
+    rotated_copy,
+    tinted_copy,
 )
 from .eval import extract_features, knn_accuracy
 from .losses import output_std
@@ -149,12 +151,18 @@ def load_datasets(cfg: Config):
         if d.root is None:
             raise ConfigError("data.dataset=imagefolder needs data.root: the folder holding train/ and val/")
         root = Path(d.root).expanduser()
+        if d.variant is not None:
+            raise ConfigError(f"data.variant={d.variant} needs an in-memory dataset (cifar10, cifar100, stl10)")
         train = load_image_folder(root / "train", d.load_size)
         test = load_image_folder(root / "val", d.load_size) if (root / "val").is_dir() else None
         return train, test
     else:
         raise ConfigError(f"unknown data.dataset {d.dataset!r}")
-    return train.subset(d.train_images, seed=cfg.seed), test.subset(d.test_images, seed=cfg.seed)
+    train, test = train.subset(d.train_images, seed=cfg.seed), test.subset(d.test_images, seed=cfg.seed)
+    if d.variant is not None:  # the same copy for every run: fixed seeds, not the run's
+        copy = {"rotated": rotated_copy, "tinted": tinted_copy}[d.variant]
+        train, test = copy(train, seed=0), copy(test, seed=1)
+    return train, test
 
 
 def dataset_stats(dataset, crop_size: Optional[int] = None) -> tuple[tuple, tuple, int]:

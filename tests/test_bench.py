@@ -336,3 +336,26 @@ def test_a_results_file_draws_its_curves_without_the_run_folders(tmp_path):
     fig = bench.accuracy_vs_time(bench.load_results(path))
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "simclr"]
     assert list(line.get_ydata()) == [h[2] for h in history]
+
+
+def test_data_variant_is_the_pretext_chapters_copy_of_the_dataset(tmp_path):
+    """data.variant=rotated|tinted: the run's train and test sets are sslbook.data's copies (fixed seeds 0 and 1)."""
+    from sslbook.config import ConfigError, load_config
+    from sslbook.data import rotated_copy, tinted_copy
+    from sslbook.trainer import load_datasets
+
+    write_cifar_fixture(tmp_path, n_per_batch=20)
+    base = ["profile=smoke", f"data.root={tmp_path}", "data.train_images=null", "data.test_images=null"]
+    train, test = load_datasets(load_config("cifar10/simclr", base))
+    for variant, copy in (("rotated", rotated_copy), ("tinted", tinted_copy)):
+        v_train, v_test = load_datasets(load_config("cifar10/simclr", [*base, f"data.variant={variant}"]))
+        assert torch.equal(v_train.images, copy(train, seed=0).images) and torch.equal(
+            v_test.images, copy(test, seed=1).images
+        )
+        assert torch.equal(v_train.labels, copy(train, seed=0).labels)
+    assert torch.equal(v_train.labels, tinted_copy(train, seed=0).labels) and len(v_train.classes) == 10  # tints
+    with pytest.raises(ConfigError, match="'data.variant' must be one of null, rotated, tinted, got 'upside'"):
+        load_config("cifar10/simclr", [*base, "data.variant=upside"])
+    folder = load_config("cifar10/simclr", [*base, "data.dataset=imagefolder", "data.variant=rotated"])
+    with pytest.raises(ConfigError, match="data.variant=rotated needs an in-memory dataset"):
+        load_datasets(folder)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import write_cifar_fixture
 from sslbook import book
@@ -165,3 +166,32 @@ def test_bank_staleness_is_measured_on_every_finished_arm(tmp_path, monkeypatch)
     before = out.read_text()
     book_experiments.add_measures("bank-staleness", out)  # measured arms are not measured again
     assert out.read_text() == before
+
+
+def test_object_knn_scores_a_tinted_run_on_the_object_labels(tmp_path, monkeypatch):
+    """The tinted run's kNN monitor scores the tints; the measure scores the same frozen features on the
+    objects the images show, which equals kNN on the un-tinted copy's labels computed by hand."""
+    from sslbook.bench import load_method
+    from sslbook.eval import extract_features, knn_accuracy
+    from sslbook.trainer import load_datasets
+
+    data = tmp_path / "data"
+    write_cifar_fixture(data, n_per_batch=20)
+    monkeypatch.setenv("SSLBOOK_DATA", str(data))
+    out = tmp_path / "sweep.json"
+    argv = ["simclr", "--profile", "smoke", "--epochs", "1", "--runs", str(tmp_path / "runs"), "--out", str(out),
+            "--set", "data.train_images=null", "data.test_images=null", "model.width=4", "batch_size=16",
+            "verbose=false", "--arm", "colour:data.variant=tinted"]  # fmt: skip
+    assert sweep_recipes.main(argv) == 0
+    book_experiments.add_measures("simclr-tinted", out)
+    arm = json.loads(out.read_text())["arms"][0]
+    method, cfg = load_method(arm["out_dir"])
+    assert cfg.data.variant == "tinted"
+    tinted, tinted_test = load_datasets(cfg)
+    cfg.data.variant = None
+    plain, plain_test = load_datasets(cfg)
+    train_x = extract_features(method.embed, tinted.images, tinted.mean, tinted.std)
+    test_x = extract_features(method.embed, tinted_test.images, tinted.mean, tinted.std)
+    expected = knn_accuracy(train_x, plain.labels, test_x, plain_test.labels)
+    assert arm["object_knn"]["knn200_top1"] == pytest.approx(expected)
+    assert not torch.equal(tinted.labels, plain.labels)  # the monitor's labels were the tints
