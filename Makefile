@@ -2,6 +2,7 @@
 #   make book   install into .venv (once) and build the book into _build/html
 #   make test   install into .venv (once), lint (ruff), build the book, run every test and every notebook (smoke)
 #   make execute  re-run every notebook top to bottom in the `cpu` profile and store its outputs
+#   (a draft replaces its chapter with `scripts/execute_notebooks.py --promote drafts/<part>/<page>.ipynb`)
 #   (drafts/, when present, holds pages not yet executed in the cpu profile: CI runs them in smoke, the book leaves them out)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -14,7 +15,7 @@ SHARED_CIFAR := ../shared/data/cifar10/materialize.py
 export SSLBOOK_DATA ?= $(CURDIR)/data
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install data book lint test unit notebooks execute bench zoo clean
+.PHONY: install data book lint test unit notebooks execute experiments bench zoo clean
 
 install: $(STAMP)
 
@@ -52,6 +53,12 @@ test: lint data book
 
 execute: data
 	SSLBOOK_PROFILE=cpu $(PY) scripts/execute_notebooks.py chapters
+
+# The book's experiments (benchmarks/book_experiments.py): epoch-budgeted, two-seed sweeps whose results files the
+# chapters read (E="moco-queue simsiam-stopgrad" for some; default all). Run alone on the machine.
+E ?= all
+experiments: data
+	$(PY) benchmarks/book_experiments.py $(E)
 
 # The performance suite (benchmarks/): installs the benchmark extra (lightly, kornia) without letting it
 # change the installed torch/torchvision, runs every benchmark (~35 min on 2 CPU cores: augmentation,

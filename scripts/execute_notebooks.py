@@ -3,6 +3,8 @@
     SSLBOOK_PROFILE=cpu python scripts/execute_notebooks.py chapters [more paths...]
 
     python scripts/execute_notebooks.py --notes-only chapters   # rewrite the run-time notes only
+    python scripts/execute_notebooks.py --promote drafts/03_architectures/moco.ipynb  # execute, then replace
+                                                                # chapters/03_architectures/moco.ipynb with it
 
 Each notebook runs in a fresh python3 kernel from its own folder. A notebook that raises keeps
 its previous stored version (nothing finished is lost) and the script exits non-zero. The profile,
@@ -35,6 +37,16 @@ def notebooks(paths):
             yield from sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
         else:
             yield p
+
+
+def chapter_path(path: Path) -> Path | None:
+    """Where a draft goes once executed: ``drafts/<part>/<page>.ipynb`` -> ``chapters/<part>/<page>.ipynb``
+    (the first ``drafts`` folder of the path replaced); None for a path that is not under ``drafts/``."""
+    parts = list(path.parts)
+    if "drafts" not in parts:
+        return None
+    parts[parts.index("drafts")] = "chapters"
+    return Path(*parts)
 
 
 def load_average() -> float | None:
@@ -105,6 +117,11 @@ def main():
         action="store_true",
         help="do not execute: rewrite each notebook's run-time note from its stored metadata",
     )
+    parser.add_argument(
+        "--promote",
+        action="store_true",
+        help="after a draft (drafts/...) runs without error, move it over its chapter (chapters/..., same path)",
+    )
     args = parser.parse_args()
     if args.notes_only:
         for path in notebooks(args.paths):
@@ -114,11 +131,21 @@ def main():
             print(f"{path}: {nb.cells[1].source.splitlines()[0]}")
         return
     os.environ.setdefault("SSLBOOK_PROFILE", "cpu")
+    if args.promote and os.environ["SSLBOOK_PROFILE"] != "cpu":
+        sys.exit(
+            f"error: --promote makes a draft a chapter, whose stored outputs come from the cpu profile; "
+            f"SSLBOOK_PROFILE is {os.environ['SSLBOOK_PROFILE']!r}: unset it or set it to cpu"
+        )
     failed = []
     for path in notebooks(args.paths):
         print(f"executing {path} ({os.environ['SSLBOOK_PROFILE']} profile) ...", flush=True)
         try:
             print(f"  done in {execute(path, args.timeout):.0f} s", flush=True)
+            target = chapter_path(path) if args.promote else None
+            if target is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)  # the executed draft is now the chapter (git shows the difference)
+                print(f"  moved to {target} (a new page also needs its line in _toc.yml)", flush=True)
         except CellExecutionError as e:
             failed.append(path)
             print(f"  FAILED, previous version kept:\n{str(e)[-2000:]}", flush=True)
