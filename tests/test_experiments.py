@@ -99,16 +99,22 @@ def test_sweep_curves_draw_the_seed_0_arm_of_each_setting(tmp_path, capsys):
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["without"]
 
 
-def test_a_sweep_trains_writes_curves_and_reuses_finished_arms(tmp_path, monkeypatch, capsys):
+def _tiny_sweep(tmp_path, monkeypatch, method, epochs, *args):
+    """A real sweep on a 100-image CIFAR fixture at width 4 (seconds); ``args``: more --set values, then --arm's."""
     data = tmp_path / "data"
-    write_cifar_fixture(data, n_per_batch=20)
+    write_cifar_fixture(data, n_per_batch=20)  # 100 training images
     monkeypatch.setenv("SSLBOOK_DATA", str(data))
     out = tmp_path / "sweep.json"
-    argv = ["simsiam", "--profile", "smoke", "--epochs", "2", "--runs", str(tmp_path / "runs"), "--out", str(out),
+    argv = [method, "--profile", "smoke", "--epochs", str(epochs), "--runs", str(tmp_path / "runs"), "--out", str(out),
             "--set", "data.train_images=null", "data.test_images=null", "model.width=4", "batch_size=16",
-            "eval_every=1", "log_every=1", "verbose=false",
-            "--arm", "base:", "--arm", "nosg:method_args.stop_gradient=false"]  # fmt: skip
+            "verbose=false", *args]  # fmt: skip
     assert sweep_recipes.main(argv) == 0
+    return out, argv
+
+
+def test_a_sweep_trains_writes_curves_and_reuses_finished_arms(tmp_path, monkeypatch, capsys):
+    out, argv = _tiny_sweep(tmp_path, monkeypatch, "simsiam", 2, "eval_every=1", "log_every=1",
+                            "--arm", "base:", "--arm", "nosg:method_args.stop_gradient=false")  # fmt: skip
     sweep = json.loads(out.read_text())
     assert [a["arm"] for a in sweep["arms"]] == ["base", "nosg"]
     for arm in sweep["arms"]:
@@ -148,14 +154,7 @@ def test_summarize_gives_mean_half_range_and_count():
 
 
 def test_bank_staleness_is_measured_on_every_finished_arm(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    write_cifar_fixture(data, n_per_batch=20)  # 100 training images
-    monkeypatch.setenv("SSLBOOK_DATA", str(data))
-    out = tmp_path / "sweep.json"
-    argv = ["instdisc", "--profile", "smoke", "--epochs", "2", "--runs", str(tmp_path / "runs"), "--out", str(out),
-            "--set", "data.train_images=null", "data.test_images=null", "model.width=4", "batch_size=16",
-            "method_args.num_negatives=32", "verbose=false", "--arm", "bank-m0.5:"]  # fmt: skip
-    assert sweep_recipes.main(argv) == 0
+    out, _ = _tiny_sweep(tmp_path, monkeypatch, "instdisc", 2, "method_args.num_negatives=32", "--arm", "bank-m0.5:")
     book_experiments.add_measures("bank-staleness", out)
     arm = json.loads(out.read_text())["arms"][0]
     measured = arm["bank_staleness"]
@@ -175,14 +174,7 @@ def test_object_knn_scores_a_tinted_run_on_the_object_labels(tmp_path, monkeypat
     from sslbook.eval import extract_features, knn_accuracy
     from sslbook.trainer import load_datasets
 
-    data = tmp_path / "data"
-    write_cifar_fixture(data, n_per_batch=20)
-    monkeypatch.setenv("SSLBOOK_DATA", str(data))
-    out = tmp_path / "sweep.json"
-    argv = ["simclr", "--profile", "smoke", "--epochs", "1", "--runs", str(tmp_path / "runs"), "--out", str(out),
-            "--set", "data.train_images=null", "data.test_images=null", "model.width=4", "batch_size=16",
-            "verbose=false", "--arm", "colour:data.variant=tinted"]  # fmt: skip
-    assert sweep_recipes.main(argv) == 0
+    out, _ = _tiny_sweep(tmp_path, monkeypatch, "simclr", 1, "--arm", "colour:data.variant=tinted")
     book_experiments.add_measures("simclr-tinted", out)
     arm = json.loads(out.read_text())["arms"][0]
     method, cfg = load_method(arm["out_dir"])
