@@ -313,8 +313,9 @@ def test_scaled_features_give_the_old_losses_gradients_and_bank(monkeypatch, cls
     loss_new, grads_new, bank_new, log_z_new = step(None)
     loss_old, grads_old, bank_old, log_z_old = step(old_contrast)
     assert torch.allclose(loss_new, loss_old, rtol=1e-6, atol=1e-6)
-    # gradients of size ~1 summed in another order: float32 rounding reaches ~1.3e-6 (torch 2.14)
-    assert torch.allclose(grads_new, grads_old, rtol=1e-5, atol=1e-5)
+    # float32 sums of gradients up to ~1.5 in another order differ by up to ~1.3e-6 (torch 2.14): the absolute
+    # tolerance is 2e-6 of the largest gradient (about 16 float32 steps at that size)
+    assert torch.allclose(grads_new, grads_old, rtol=1e-5, atol=2e-6 * float(grads_old.abs().max()))
     assert torch.allclose(bank_new, bank_old, atol=1e-6)
     assert torch.allclose(log_z_new, log_z_old, rtol=1e-6, equal_nan=True)
     # The scores themselves, at the paper's sizes (tau = 0.07 gives scores up to ~14).
