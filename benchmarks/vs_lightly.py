@@ -1,4 +1,4 @@
-"""sslbook vs lightly: SimCLR, MoCo v2 and BYOL side by side, same cores, data, encoder and budget.
+"""sslbook vs lightly: SimCLR, MoCo v2, BYOL, SimSiam and SwAV side by side: same cores, data, encoder, budget.
 
     python benchmarks/vs_lightly.py                         # cpu profile, 2 minutes per arm (~16 min)
     python benchmarks/vs_lightly.py --minutes 5 --methods simclr,byol
@@ -12,28 +12,33 @@ own and neither inherits the other's threads or allocator state):
 
 ``ours``
     ``sslbook.trainer.train`` with the shipped ``cifar10/<method>`` config in the ``cpu`` profile
-    (ResNet-18 width 16, CIFAR stem, batch 256, bf16 autocast + channels_last where the CPU has native
-    bf16), ``max_minutes=M``: the whole CIFAR-10 train split as uint8 in memory, batched augmentation
-    in the main process.
+    (ResNet-18 width 16, CIFAR stem, the profile's batch, bf16 autocast + channels_last where the CPU
+    has native bf16), ``max_minutes=M``, at 32 px throughout (``data.crop_schedule=null``: the cpu
+    recipes' progressive resizing is switched off, since lightly's transforms crop at one size): the
+    whole CIFAR-10 train split as uint8 in memory, batched augmentation in the main process.
 ``lightly``
     the same method written with lightly's building blocks, the way lightly's own examples
-    (``examples/pytorch/{simclr,moco,byol}.py``) and its CIFAR-10 benchmark write it: lightly's
-    transforms (``SimCLRTransform``, ``MoCoV2Transform``, ``BYOLTransform``: PIL + torchvision per
-    image) in a ``LightlyDataset`` read by a ``DataLoader`` with 2 workers, lightly's heads
-    (``SimCLRProjectionHead``, ``MoCoProjectionHead``, ``BYOLProjectionHead``/``BYOLPredictionHead``),
-    losses (``NTXentLoss``, with a 4096-key memory bank for MoCo; ``NegativeCosineSimilarity``) and
-    utilities (``update_momentum``, ``deactivate_requires_grad``, ``batch_shuffle``).
+    (``examples/pytorch/{simclr,moco,byol,simsiam}.py``) and its CIFAR-10 benchmark write it: lightly's
+    transforms (``SimCLRTransform``, ``MoCoV2Transform``, ``BYOLTransform``, ``SimSiamTransform``: PIL +
+    torchvision per image) in a ``LightlyDataset`` read by a ``DataLoader`` with 2 workers, lightly's
+    heads (``SimCLRProjectionHead``, ``MoCoProjectionHead``, ``BYOLProjectionHead``/``BYOLPredictionHead``,
+    ``SimSiamPredictionHead`` and, for the CIFAR recipe's 2-layer projector, lightly's ``ProjectionHead``
+    with the blocks of its ``SimSiamProjectionHead`` less one hidden layer), losses (``NTXentLoss``, with a
+    4096-key memory bank for MoCo; ``NegativeCosineSimilarity``) and utilities (``update_momentum``,
+    ``deactivate_requires_grad``, ``batch_shuffle``).
 
-What is held equal: the data (the same uint8 CIFAR-10 tensors; lightly gets them as PIL images),
-the encoder module (``sslbook.models.resnet(18, "cifar", width)``; for MoCo both sides split its
-BatchNorm into 8 sub-batches, the Shuffle-BN emulation of both recipes), batch size, head sizes, the
-augmentation recipe (CIFAR SimCLR: crop scale 0.08-1, flip, jitter 0.4/0.4/0.4/0.1 p=0.8, grey p=0.2,
-no blur; lightly's transforms are configured to it), the optimiser and learning-rate schedule
-(``sslbook.optim``: SGD, the config's lr/momentum/weight decay, cosine decay over the number of steps
-that fit the budget, planned from steps 3..13 as the trainer does), the loss scale where the two
-differ (BYOL: lightly's 0.5 * (-cos - cos) gets lightly's lr and weight decay, which is the update of
-our config; MoCo: the two symmetric terms are added on both sides), the precision and memory format
-(the config's bf16 autocast and channels_last on both sides), the budget, and the evaluation.
+What is held equal: the data (the same uint8 CIFAR-10 tensors; lightly gets them as PIL images), the
+encoder module (``sslbook.models.resnet(18, "cifar", width)``, with the config's ``zero_init_residual``;
+for MoCo both sides split its BatchNorm into 8 sub-batches, the Shuffle-BN emulation of both recipes),
+batch size, head sizes, the augmentation recipe (CIFAR SimCLR: crop scale 0.08-1, flip, jitter
+0.4/0.4/0.4/0.1 p=0.8, grey p=0.2, no blur; SimSiam: the same with crop scale 0.2-1; lightly's
+transforms are configured to it), the optimiser and learning-rate schedule (``sslbook.optim``: SGD, the
+config's lr/momentum/weight decay, cosine decay over the number of steps that fit the budget, planned
+from steps 3..13 as the trainer does), the loss scale where the two differ (BYOL: lightly's 0.5 * (-cos
+- cos) gets lightly's lr and weight decay, which is the update of our config; MoCo: the two symmetric
+terms are added on both sides; SimSiam: both halve the two terms; lightly's example lets the predictor's
+lr follow the schedule, ours keeps it fixed, as the config says), the precision and memory format (the
+config's bf16 autocast and channels_last on both sides), the budget, and the evaluation.
 
 Measured per arm: images/s over the whole loop including data loading (all steps, and after the
 first ``log_every`` warm-up steps), where the lightly loop's time goes (waiting for the DataLoader,
@@ -73,7 +78,13 @@ from sslbook.models import resnet  # noqa: E402
 from sslbook.optim import build_optimizer, lr_at, peak_lr  # noqa: E402
 from sslbook.trainer import CALIBRATION_STEPS, autocast, peak_memory_mb, reset_peak_memory, train  # noqa: E402
 
-METHODS = {"simclr": "cifar10/simclr", "moco_v2": "cifar10/moco_v2", "byol": "cifar10/byol"}
+METHODS = {
+    "simclr": "cifar10/simclr",
+    "moco_v2": "cifar10/moco_v2",
+    "byol": "cifar10/byol",
+    "simsiam": "cifar10/simsiam",
+    "swav": "cifar10/swav",
+}
 RESULTS = ROOT / "benchmarks" / "results"
 SMOKE = {"train_images": 512, "test_images": 256, "batch_size": 64, "width": 8, "max_steps": 6, "log_every": 2}
 
@@ -95,6 +106,7 @@ def arm_config(method: str, minutes: float, smoke: bool, out_dir: Path):
         "resume=never",
         "overwrite=true",
         "checkpoint_minutes=1000",
+        "data.crop_schedule=null",  # 32 px throughout, as lightly's transforms crop
     ]
     if smoke:
         overrides += [
@@ -234,7 +246,7 @@ class PILImages(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform is not None else image), self.labels[i]
 
 
-def lightly_transform(method: str, mean, std):
+def lightly_transform(method: str, mean, std, local_crops=None):
     """lightly's transform of each method, set to the CIFAR SimCLR recipe our configs use."""
     from lightly.transforms import (
         BYOLTransform,
@@ -242,6 +254,8 @@ def lightly_transform(method: str, mean, std):
         BYOLView2Transform,
         MoCoV2Transform,
         SimCLRTransform,
+        SimSiamTransform,
+        SwaVTransform,
     )
 
     normalize = {"mean": list(mean), "std": list(std)}
@@ -250,6 +264,13 @@ def lightly_transform(method: str, mean, std):
         return SimCLRTransform(cj_strength=0.5, **common)
     if method == "moco_v2":  # jitter 0.4/0.4/0.4/0.1 is MoCoV2Transform's default
         return MoCoV2Transform(**common)
+    if method == "simsiam":  # our simsiam recipe is MoCo v2's: crop scale 0.2-1, SimSiamTransform's defaults
+        return SimSiamTransform(**{**common, "min_scale": 0.2})
+    if method == "swav":  # 2 x 32 px crops of scale 0.14-1 and N x 18 px of 0.05-0.14; jitter 0.8/0.8/0.8/0.2
+        local = local_crops if local_crops is not None else 6
+        return SwaVTransform(
+            crop_sizes=(32, 18), crop_counts=(2, local), gaussian_blur=0.0, normalize=common["normalize"]
+        )
     view = dict(cj_sat=0.4, solarization_prob=0.0, **common)  # our byol config uses SimCLR's views
     return BYOLTransform(BYOLView1Transform(**view), BYOLView2Transform(**view))
 
@@ -257,15 +278,20 @@ def lightly_transform(method: str, mean, std):
 class LightlyModel(torch.nn.Module):
     """The method as lightly's examples write it, around our encoder."""
 
-    def __init__(self, method: str, backbone, cfg):
+    def __init__(self, method: str, backbone, cfg, steps_per_epoch: int):
         super().__init__()
-        from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+        from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
         from lightly.models.modules import (
             BYOLPredictionHead,
             BYOLProjectionHead,
             MoCoProjectionHead,
             SimCLRProjectionHead,
+            SimSiamPredictionHead,
+            SimSiamProjectionHead,
+            SwaVProjectionHead,
+            SwaVPrototypes,
         )
+        from lightly.models.modules.heads import ProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
         self.method, args, d = method, cfg.method_args, backbone.feature_dim
@@ -279,6 +305,28 @@ class LightlyModel(torch.nn.Module):
             self.criterion = NTXentLoss(
                 temperature=args["temperature"], memory_bank_size=(args["queue_size"], args["dim"])
             )
+        elif method == "swav":  # prototypes frozen for the config's first epochs, as ours
+            self.projection_head = SwaVProjectionHead(d, args["hidden_dim"], args["dim"])
+            frozen = args.get("freeze_prototypes_epochs", 0) * steps_per_epoch
+            self.prototypes = SwaVPrototypes(args["dim"], args["num_prototypes"], n_steps_frozen_prototypes=frozen)
+            self.criterion = SwaVLoss(
+                temperature=args["temperature"],
+                sinkhorn_iterations=args["sinkhorn_iterations"],
+                sinkhorn_epsilon=args["epsilon"],
+            )
+        elif method == "simsiam":
+            dim, layers = args["dim"], args.get("projector_layers", 3)
+            if layers == 3:
+                self.projection_head = SimSiamProjectionHead(d, dim, dim)
+            else:  # SimSiamProjectionHead's blocks with one hidden layer fewer (the paper's CIFAR projector)
+                hidden = [
+                    (d if i == 0 else dim, dim, torch.nn.BatchNorm1d(dim), torch.nn.ReLU()) for i in range(layers - 1)
+                ]
+                self.projection_head = ProjectionHead(
+                    hidden + [(dim, dim, torch.nn.BatchNorm1d(dim, affine=False), None)]
+                )
+            self.prediction_head = SimSiamPredictionHead(dim, args["pred_dim"], dim)
+            self.criterion = NegativeCosineSimilarity()
         else:
             self.projection_head = BYOLProjectionHead(d, args["hidden_dim"], args["dim"])
             self.prediction_head = BYOLPredictionHead(args["dim"], args["hidden_dim"], args["dim"])
@@ -291,7 +339,9 @@ class LightlyModel(torch.nn.Module):
             self.momentum = args.get("momentum", args.get("base_momentum"))
 
     def trainable(self) -> torch.nn.Module:
-        parts = [self.backbone, self.projection_head] + ([self.prediction_head] if self.method == "byol" else [])
+        parts = [self.backbone, self.projection_head]
+        parts += [self.prediction_head] if self.method in ("byol", "simsiam") else []
+        parts += [self.prototypes] if self.method == "swav" else []
         return torch.nn.ModuleList(parts)
 
     def forward_momentum(self, x):
@@ -303,13 +353,26 @@ class LightlyModel(torch.nn.Module):
                 return batch_unshuffle(self.projection_head_momentum(self.backbone_momentum(x).flatten(1)), shuffle)
             return self.projection_head_momentum(self.backbone_momentum(x).flatten(1))
 
-    def forward(self, x0, x1):
+    def forward(self, views, step: int):
         from lightly.models.utils import update_momentum
 
+        x0, x1 = views[:2]
+        if self.method == "swav":  # lightly's example: every crop on its own through the network
+            self.prototypes.normalize()
+            scores = [
+                self.prototypes(torch.nn.functional.normalize(self.projection_head(self.backbone(x).flatten(1))), step)
+                for x in views
+            ]
+            return self.criterion(scores[:2], scores[2:])
         if self.method == "simclr":
             z0 = self.projection_head(self.backbone(x0).flatten(1))
             z1 = self.projection_head(self.backbone(x1).flatten(1))
             return self.criterion(z0, z1)
+        if self.method == "simsiam":
+            z0 = self.projection_head(self.backbone(x0).flatten(1))
+            z1 = self.projection_head(self.backbone(x1).flatten(1))
+            p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
+            return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
         update_momentum(self.backbone, self.backbone_momentum, m=self.momentum)
         update_momentum(self.projection_head, self.projection_head_momentum, m=self.momentum)
         if self.method == "moco_v2":
@@ -353,7 +416,8 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
     reset_peak_memory(device)
     load0 = loadavg()
     dataset = LightlyDataset.from_torch_dataset(
-        PILImages(train_set), transform=lightly_transform(method, train_set.mean, train_set.std)
+        PILImages(train_set),
+        transform=lightly_transform(method, train_set.mean, train_set.std, cfg.data.local_crops),
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -363,7 +427,8 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
         num_workers=workers,
         persistent_workers=workers > 0,
     )
-    model = LightlyModel(method, resnet(18, "cifar", width=cfg.model.width), cfg)
+    backbone = resnet(18, "cifar", width=cfg.model.width, zero_init_residual=cfg.model.zero_init_residual)
+    model = LightlyModel(method, backbone, cfg, steps_per_epoch=len(train_set) // cfg.batch_size)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optim_cfg = copy.deepcopy(cfg.optim)
@@ -399,16 +464,16 @@ def run_lightly(method: str, minutes: float, smoke: bool, workers: int) -> dict:
         while True:
             t0 = time.perf_counter()
             try:
-                (x0, x1), _, _ = next(it)
+                views, _, _ = next(it)
             except StopIteration:
                 break
             if cfg.channels_last:
-                x0, x1 = (x.contiguous(memory_format=torch.channels_last) for x in (x0, x1))
+                views = [x.contiguous(memory_format=torch.channels_last) for x in views]
             t1 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, peak, optim_cfg.schedule, optim_cfg.min_lr)
             with autocast(cfg, device):
-                loss = model(x0, x1)
+                loss = model(views, step)
             t2 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

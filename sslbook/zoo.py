@@ -104,8 +104,8 @@ ENTRIES = {
     "supervised": Entry("cifar10/supervised", 30, "reference"),
     # for the pictures of first-layer filters: the same networks with a 7x7 stem (at stride 1), whose
     # filters are big enough to show an edge or a colour blob (a 3x3 filter is nine pixels)
-    "simclr_k7": Entry("cifar10/simclr", 20, "visualisation", ("model.stem_kernel=7",)),
-    "supervised_k7": Entry("cifar10/supervised", 20, "visualisation", ("model.stem_kernel=7",)),
+    "simclr_k7": Entry("cifar10/simclr", 10, "visualisation", ("model.stem_kernel=7",)),
+    "supervised_k7": Entry("cifar10/supervised", 10, "visualisation", ("model.stem_kernel=7",)),
 }
 
 
