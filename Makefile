@@ -61,9 +61,9 @@ experiments: data
 	$(PY) benchmarks/book_experiments.py $(E)
 
 # The performance suite (benchmarks/): installs the benchmark extra (lightly, kornia) without letting it
-# change the installed torch/torchvision, runs every benchmark (~35 min on 2 CPU cores: augmentation,
-# training-step variants, sslbook vs lightly with BENCH_MINUTES per arm, SimCLR for 10 minutes) and
-# regenerates benchmarks/README.md from the results files.
+# change the installed torch/torchvision, runs every benchmark (~55 min on 2 CPU cores: augmentation,
+# training-step variants, sslbook vs lightly on five methods with BENCH_MINUTES per arm, SimCLR for 10
+# minutes) and regenerates benchmarks/README.md from the results files.
 BENCH_MINUTES ?= 2
 bench: data
 	$(PY) -m pip freeze | grep -iE '^(torch|torchvision)==' > $(VENV)/bench-constraints.txt
