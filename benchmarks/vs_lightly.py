@@ -25,20 +25,23 @@ own and neither inherits the other's threads or allocator state):
     ``SimSiamPredictionHead`` and, for the CIFAR recipe's 2-layer projector, lightly's ``ProjectionHead``
     with the blocks of its ``SimSiamProjectionHead`` less one hidden layer), losses (``NTXentLoss``, with a
     4096-key memory bank for MoCo; ``NegativeCosineSimilarity``) and utilities (``update_momentum``,
-    ``deactivate_requires_grad``, ``batch_shuffle``).
+    ``deactivate_requires_grad``, ``batch_shuffle``); for SwAV, ``SwaVTransform`` (2 global + N local
+    crops), ``SwaVProjectionHead``, ``SwaVPrototypes`` (frozen for the config's first epochs, as ours)
+    and ``SwaVLoss``, every crop through the network on its own as in lightly's example.
 
 What is held equal: the data (the same uint8 CIFAR-10 tensors; lightly gets them as PIL images), the
 encoder module (``sslbook.models.resnet(18, "cifar", width)``, with the config's ``zero_init_residual``;
 for MoCo both sides split its BatchNorm into 8 sub-batches, the Shuffle-BN emulation of both recipes),
 batch size, head sizes, the augmentation recipe (CIFAR SimCLR: crop scale 0.08-1, flip, jitter
-0.4/0.4/0.4/0.1 p=0.8, grey p=0.2, no blur; SimSiam: the same with crop scale 0.2-1; lightly's
-transforms are configured to it), the optimiser and learning-rate schedule (``sslbook.optim``: SGD, the
-config's lr/momentum/weight decay, cosine decay over the number of steps that fit the budget, planned
-from steps 3..13 as the trainer does), the loss scale where the two differ (BYOL: lightly's 0.5 * (-cos
-- cos) gets lightly's lr and weight decay, which is the update of our config; MoCo: the two symmetric
-terms are added on both sides; SimSiam: both halve the two terms; lightly's example lets the predictor's
-lr follow the schedule, ours keeps it fixed, as the config says), the precision and memory format (the
-config's bf16 autocast and channels_last on both sides), the budget, and the evaluation.
+0.4/0.4/0.4/0.1 p=0.8, grey p=0.2, no blur; SimSiam: the same with crop scale 0.2-1; SwAV: 2 x 32 px + N
+x 18 px crops; lightly's transforms are configured to it), the optimiser and learning-rate schedule
+(``sslbook.optim``: the config's optimiser, SGD or LARS for SwAV, its lr/momentum/weight decay, cosine
+decay over the number of steps that fit the budget, planned from steps 3..13 as the trainer does), the
+loss scale where the two differ (BYOL: lightly's 0.5 * (-cos - cos) gets lightly's lr and weight decay,
+which is the update of our config; MoCo: the two symmetric terms are added on both sides; SimSiam: both
+halve the two terms; lightly's example lets the predictor's lr follow the schedule, ours keeps it fixed,
+as the config says), the precision and memory format (the config's bf16 autocast and channels_last on
+both sides), the budget, and the evaluation.
 
 Measured per arm: images/s over the whole loop including data loading (all steps, and after the
 first ``log_every`` warm-up steps), where the lightly loop's time goes (waiting for the DataLoader,
