@@ -53,6 +53,12 @@ SCRIPTS = [
         "`zoo/cifar10-cpu/<name>/results.json`; summarised in the zoo section below)",
     ),
     (
+        "`shortcut_check.py`",
+        "whether a context task (jigsaw, relative patch) reads the content or the JPEG block grid: its "
+        "pretext accuracy after moving the image content by 0-16 px, for sweep arms and zoo entries (writes "
+        "`results/shortcut-context.json`)",
+    ),
+    (
         "`profile_steps.py`",
         "where each method's training step spends its time: augment, forward, backward, optimiser, "
         "momentum update, at batch 256 and width 16 in the `cpu` profile (writes "
@@ -240,6 +246,54 @@ def sweep_sections():
         sweep = json.loads(path.read_text())
         parts += [f"### {sweep['sweep']} (`{path.name}`)", "", markdown_table(sweep), ""]
     return "\n".join(parts)
+
+
+def shortcut_section(r):
+    if r is None:
+        return ""
+    shifts = [0, 1, 2, 3, 8, 16]
+    lines = [
+        "## Shortcut check of the context tasks (`shortcut-context.json`)",
+        "",
+        f"`{r['command']}` ({r['date'][:10]}; {r['images']}). Pretext accuracy (%) after moving the image "
+        "content by s px; a network that reads the content hardly notices a shift of 1 to 3 px, one that "
+        "reads where its pieces sit on the JPEG block grid collapses. Large shifts also bring in mirrored "
+        "borders, so only the small ones separate the two.",
+        "",
+        "| source | arm | overrides | epochs | kNN top-1 (%) | " + " | ".join(f"{s} px" for s in shifts) + " |",
+        "|---|---|---|---:|---:|" + "---:|" * len(shifts),
+    ]
+    for row in r["rows"]:
+        acc = {int(k): v for k, v in row["accuracy_by_shift"].items()}
+        if row["source"] == "zoo":  # an entry may since have been retrained with another recipe
+            extra = (
+                " ".join(f"{k}={v}" for k, v in row["method_args"].items())
+                if "method_args" in row
+                else "the entry as it was on this date (recipe not recorded)"
+            )
+        else:
+            extra = (
+                " ".join(
+                    o
+                    for o in row.get("overrides", [])
+                    if not o.startswith(("profile=", "max_minutes=", "epochs=", "progress=", "eval_every="))
+                )
+                or "-"
+            )
+        lines.append(
+            f"| {row['source']} | {row['arm']} | {extra} | {_fmt(row.get('epochs'), '.0f')} | "
+            f"{_fmt(row.get('knn200_top1'), '.2f')} | " + " | ".join(_fmt(acc.get(s), ".1f") for s in shifts) + " |"
+        )
+    lines += [
+        "",
+        "Column means of the training images' brightness jumps (grey levels) between neighbouring columns "
+        "c | c+1, block edges in bold: "
+        + ", ".join(
+            (f"**{c}: {v:.2f}**" if c % 8 == 7 else f"{c}: {v:.2f}") for c, v in enumerate(r["boundary_contrast"])
+        ),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def step_profile_section(r):
@@ -495,6 +549,7 @@ def main():
         bench_sections(),
         step_profile_section(load("step_profile-cpu.json")),
         zoo_section(),
+        shortcut_section(load("shortcut-context.json")),
         sweep_sections(),
     ]
     (HERE / "README.md").write_text("\n".join(p for p in parts if p))

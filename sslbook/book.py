@@ -523,13 +523,19 @@ _ZOO_HEADERS = {
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
 
 
+def results_file(name: str, root: Optional[str | Path] = None) -> Optional[dict]:
+    """``benchmarks/results/<name>.json`` of the book's checkout (written by a script in
+    ``benchmarks/``), or None if it is not there (e.g. on Colab, where only the package is installed)."""
+    base = Path(root) if root is not None else book_root()
+    path = base / "benchmarks" / "results" / f"{name}.json" if base is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 def sweep_results(name: str, root: Optional[str | Path] = None) -> Optional[dict]:
     """The results file of the book experiment or recipe sweep ``name``
     (``benchmarks/results/sweep-<name>.json``, written by ``benchmarks/book_experiments.py`` or
     ``benchmarks/sweep_recipes.py``), or None if it is not there."""
-    base = Path(root) if root is not None else book_root()
-    path = base / "benchmarks" / "results" / f"sweep-{name}.json" if base is not None else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    return results_file(f"sweep-{name}", root)
 
 
 def sweep_settings(sweep: dict) -> dict:

@@ -3,7 +3,10 @@
 - :func:`alignment_uniformity`: Wang & Isola's (2020) alignment of positive pairs and uniformity
   of the embedding on the sphere, measured on augmented views of real images;
 - :func:`same_class_neighbour_rate`: how often the hardest negatives of a batch are false
-  negatives (same class as the anchor).
+  negatives (same class as the anchor);
+- :func:`shifted_accuracy` and :func:`boundary_contrast`: whether a pretext task is solved from the
+  content of the image or from where pixels sit in the frame (a *shortcut*: chromatic aberration in
+  Doersch et al. 2015, the 8 px block grid of JPEG compression in our offline CIFAR-10 copy).
 
 The formulas themselves (:func:`sslbook.losses.alignment`, :func:`sslbook.losses.uniformity`,
 :func:`sslbook.losses.mutual_information_bound`) live with the losses.
@@ -19,6 +22,60 @@ import torch.nn.functional as F
 from .augment import Augment, recipe
 from .losses import alignment, uniformity
 from .utils import eval_mode, fork_rng
+
+
+def shift_content(images: torch.Tensor, shift: int) -> torch.Tensor:
+    """``images`` [B, C, H, W] with their content moved ``shift`` px right and down, same size.
+
+    The uncovered top rows and left columns are filled by reflection. A task that reads the image
+    barely notices a shift of a few pixels; one that reads *where* pixels sit in the frame does.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape [B, C, H, W], got {tuple(images.shape)}")
+    if not 0 <= shift < min(images.shape[-2:]):
+        raise ValueError(f"shift must be in 0..{min(images.shape[-2:]) - 1} px, got {shift}")
+    if shift == 0:
+        return images.clone()
+    H, W = images.shape[-2:]
+    return F.pad(images.float(), (shift, 0, shift, 0), mode="reflect")[..., :H, :W].to(images.dtype)
+
+
+@torch.no_grad()
+def shifted_accuracy(method, images: torch.Tensor, shifts, batch_size: int = 500, seed: int = 0) -> dict:
+    """A pretext task's own accuracy (the ``accuracy`` its forward reports) after :func:`shift_content`.
+
+    ``images`` are the method's input views (normalised floats). Every shift uses the same random
+    draws (puzzles, patch positions), so only the shift differs. Returns ``{shift: accuracy in %}``.
+    Noroozi & Favaro's network, like Doersch et al.'s, had to be kept from solving its puzzle by
+    reading the absolute position of a tile instead of its content; a sharp drop at a shift of
+    2 or 3 px is the sign of such a shortcut.
+    """
+    device = next(method.parameters()).device
+    out = {}
+    with eval_mode(method):
+        for shift in shifts:
+            moved = shift_content(images, int(shift))
+            total = 0.0
+            with fork_rng(device):
+                torch.manual_seed(seed)
+                for start in range(0, len(moved), batch_size):
+                    batch = moved[start : start + batch_size].to(device)
+                    total += float(method([batch])["accuracy"]) * len(batch)
+            out[int(shift)] = total / len(moved)
+    return out
+
+
+def boundary_contrast(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring columns, ``[W - 1]``: entry c is |x[c+1] - x[c]|.
+
+    Averaged over images, channels and rows. Block-wise compression (JPEG: 8 x 8 px blocks, colour
+    on 16 x 16 px with 4:2:0 subsampling) makes the boundaries c = 7, 15, 23, ... stand out from
+    their neighbours: a grid that tells a small tile where in the frame it was cut.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape [B, C, H, W], got {tuple(images.shape)}")
+    x = images.float()
+    return (x[..., 1:] - x[..., :-1]).abs().mean(dim=(0, 1, 2))
 
 
 def same_class_neighbour_rate(

@@ -193,3 +193,14 @@ def test_highlighted_code_wraps_in_the_browser_and_reads_as_text():
     assert 'class="highlight sslbook-code"' in html and "white-space:pre-wrap" in html
     assert html.startswith("<p><code>sslbook.losses.nt_xent</code></p>")
     assert repr(code) == "x = 1" and code._repr_markdown_() == "```python\nx = 1\n```"
+
+
+def test_results_file_reads_benchmarks_results_or_gives_none(tmp_path):
+    from sslbook import book
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "shortcut-context.json").write_text('{"rows": [1, 2]}')
+    (tmp_path / "benchmarks" / "results" / "sweep-a.json").write_text('{"arms": []}')
+    assert book.results_file("shortcut-context", root=tmp_path) == {"rows": [1, 2]}
+    assert book.sweep_results("a", root=tmp_path) == {"arms": []}
+    assert book.results_file("missing", root=tmp_path) is None

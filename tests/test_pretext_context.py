@@ -8,6 +8,7 @@ import torch
 from conftest import random_batch as batch
 from conftest import seeded_sgd_step, tiny_datasets, tiny_run_config
 from conftest import tiny_encoder as encoder
+from sslbook import pretext
 from sslbook.config import load_config
 from sslbook.methods.jigsaw import Jigsaw
 from sslbook.methods.relative_patch import RelativePatch
@@ -309,11 +310,63 @@ def test_shipped_configs_build(name, cls, monkeypatch):
         assert torch.allclose(method.mean, torch.tensor(mean)) and torch.allclose(method.std, torch.tensor(std))
     if cls is Jigsaw:
         d = hamming_distances(method.permutations)
-        assert method.permutations.shape == (100, 9) and min_offdiagonal(d) >= 6
+        assert method.permutations.shape == (24, 4) and min_offdiagonal(d) == 2  # all 4! orders of a 2x2 grid
     views = build_augment(cfg, mean, std, 32)(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
     assert len(views) == 1 and views[0].shape == (4, 3, 32, 32)
     torch.manual_seed(0)
     out = method(views, torch.arange(4))
     assert torch.isfinite(out["loss"])
-    if cls is Jigsaw:  # 32 px -> 10 px cells -> 8 px tiles
-        assert jigsaw_tiles(views[0])[0].shape[-1] == 8
+    if cls is Jigsaw:  # 32 px -> 16 px cells -> 12 px tiles (a 3x3 grid: 10 px cells, 8 px tiles)
+        assert jigsaw_tiles(views[0], method.grid)[0].shape[-1] == 12 and jigsaw_tiles(views[0])[0].shape[-1] == 8
+
+
+# ----------------------------------------------------------------- the JPEG block grid (shortcut)
+def _coordinate_images(n: int = 64, side: int = 32) -> torch.Tensor:
+    """Channel 0 holds each pixel's column, channel 1 its row: a piece's top-left value is where it was cut."""
+    cols = torch.arange(side, dtype=torch.float32).expand(side, side)
+    return torch.stack([cols, cols.T, torch.zeros(side, side)]).expand(n, 3, side, side).clone()
+
+
+def _jigsaw_offsets(grid: int, tile=None, draws: int = 20) -> list[set]:
+    """For each cell: the set of column offsets (mod 16) from the JPEG block grid its tiles start at."""
+    torch.manual_seed(0)
+    n = grid * grid
+    offsets = [set() for _ in range(n)]
+    for _ in range(draws):
+        images = _coordinate_images()
+        identity = torch.arange(n).expand(len(images), n)
+        tiles, _ = pretext.jigsaw_tiles(images, grid, tile, permutations=identity)
+        starts = tiles[:, 0, 0, 0].reshape(len(images), n)
+        for cell in range(n):
+            offsets[cell] |= {int(v) % 16 for v in starts[:, cell]}
+    return offsets
+
+
+def test_shipped_jigsaw_tiles_do_not_tell_their_cell_by_the_block_grid():
+    args = load_config("cifar10/jigsaw").method_args
+    offsets = _jigsaw_offsets(args["grid"], args.get("tile"))
+    assert all(o == offsets[0] for o in offsets)  # every cell: the same offsets from the 8/16 px blocks
+    assert offsets[0] == {0, 1, 2, 3, 4}  # 12 px tiles anywhere in a 16 px cell
+    first = _jigsaw_offsets(3)  # the first recipe: 10 px cells, whose offsets give the column away
+    assert first[0] == {0, 1, 2} and first[1] == {10, 11, 12} and first[2] == {4, 5, 6}
+
+
+def _neighbour_offsets(patch: int, gap: int, jitter: int, draws: int = 20) -> dict:
+    """Offsets (mod 8) of the left and right neighbours' columns from the centre patch's column."""
+    torch.manual_seed(0)
+    out = {"left": set(), "right": set()}
+    for _ in range(draws):
+        _, corners = pretext.patch_grid(_coordinate_images(), patch, gap, jitter)  # [B, 9, 2] (y, x)
+        x = corners[..., 1]
+        out["left"] |= {int(v) % 8 for v in (x[:, 3] - x[:, 4])}
+        out["right"] |= {int(v) % 8 for v in (x[:, 5] - x[:, 4])}
+    return out
+
+
+def test_shipped_relative_patch_grid_does_not_tell_a_direction_by_the_block_grid():
+    args = load_config("cifar10/relative_patch").method_args
+    assert args["patch"] + args["gap"] == 8  # neighbours one 8 px block apart
+    offsets = _neighbour_offsets(args["patch"], args["gap"], args["jitter"])
+    assert offsets["left"] == offsets["right"] == {6, 7, 0, 1, 2}
+    first = _neighbour_offsets(8, 3, 1)  # the first recipe: 11 px apart, so the offset names the side
+    assert first["left"] == {3, 4, 5, 6, 7} and first["right"] == {1, 2, 3, 4, 5}
