@@ -54,9 +54,9 @@ SCRIPTS = [
     ),
     (
         "`shortcut_check.py`",
-        "whether a context task (jigsaw, relative patch) reads the content or the JPEG block grid: its "
+        "whether a context task (jigsaw, relative patch, CPC) reads the content or the JPEG block grid: its "
         "pretext accuracy after moving the image content by 0-16 px, for sweep arms and zoo entries (writes "
-        "`results/shortcut-context.json`)",
+        "`results/shortcut-<name>.json`, e.g. `shortcut-context.json`, `shortcut-cpc.json`)",
     ),
     (
         "`profile_steps.py`",
@@ -248,12 +248,17 @@ def sweep_sections():
     return "\n".join(parts)
 
 
-def shortcut_section(r):
-    if r is None:
-        return ""
-    shifts = [0, 1, 2, 3, 8, 16]
+def shortcut_sections():
+    """One table per results/shortcut-<name>.json written by benchmarks/shortcut_check.py."""
+    return "\n".join(
+        shortcut_section(json.loads(f.read_text()), f.name) for f in sorted(RESULTS.glob("shortcut-*.json"))
+    )
+
+
+def shortcut_section(r, filename):
+    shifts = [0, 1, 2, 3, 4, 8, 16]
     lines = [
-        "## Shortcut check of the context tasks (`shortcut-context.json`)",
+        f"## Shortcut check of the context tasks (`{filename}`)",
         "",
         f"`{r['command']}` ({r['date'][:10]}; {r['images']}). Pretext accuracy (%) after moving the image "
         "content by s px; a network that reads the content hardly notices a shift of 1 to 3 px, one that "
@@ -549,7 +554,7 @@ def main():
         bench_sections(),
         step_profile_section(load("step_profile-cpu.json")),
         zoo_section(),
-        shortcut_section(load("shortcut-context.json")),
+        shortcut_sections(),
         sweep_sections(),
     ]
     (HERE / "README.md").write_text("\n".join(p for p in parts if p))

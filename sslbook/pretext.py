@@ -41,6 +41,7 @@ __all__ = [
     "standardize_tiles",
     "patch_grid",
     "relative_patch_pairs",
+    "cell_pairs",
     "NEIGHBOURS",
     "NEIGHBOUR_CELLS",
 ]
@@ -333,6 +334,30 @@ NEIGHBOUR_CELLS = (0, 1, 2, 3, 5, 6, 7, 8)  # label -> cell index row * 3 + col
 CENTRE = 4  # the centre's cell index
 
 
+def cell_pairs(grid: int = 3) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``(first cells, second cells, labels)`` of every labelled pair of a ``grid`` x ``grid`` patch grid.
+
+    3 (the paper's): the centre paired with each of its 8 neighbours, labels 0..7. 2: every ordered
+    pair of two different cells, 12 in all (on a 2x2 grid every cell is a neighbour of every other);
+    the label is the second cell's direction from the first, numbered as :data:`NEIGHBOURS`. The
+    directions are then not equally frequent: left, right, up and down occur twice, each diagonal once.
+    Cells are numbered row by row, ``row * grid + col``.
+    """
+    if grid == 3:
+        return (CENTRE,) * len(NEIGHBOURS), NEIGHBOUR_CELLS, tuple(range(len(NEIGHBOURS)))
+    if grid != 2:
+        raise ValueError(f"relative patch position works on a 3x3 or a 2x2 grid, got grid={grid}")
+    firsts, seconds, labels = [], [], []
+    for a in range(4):
+        for b in range(4):
+            if a != b:
+                direction = (1 + b // 2 - a // 2, 1 + b % 2 - a % 2)  # as the neighbour's place around a centre
+                firsts.append(a)
+                seconds.append(b)
+                labels.append(NEIGHBOURS.index(direction))
+    return tuple(firsts), tuple(seconds), tuple(labels)
+
+
 def _grayscale(x: torch.Tensor, mean=None, std=None) -> torch.Tensor:
     """ITU-R 601 luma of ``[..., 3, h, w]`` copied to the 3 channels, in the input's units and dtype.
 
@@ -364,8 +389,9 @@ def patch_grid(
     gray_p: float = 0.0,
     mean=None,
     std=None,
+    grid: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 3x3 grid of square patches per image, with gaps between them and random jitter.
+    """A 3x3 grid of square patches per image (``grid`` x ``grid``), with gaps between them and random jitter.
 
     Paper: Doersch, Gupta & Efros (2015), "Unsupervised Visual Representation Learning by Context
     Prediction", ICCV: 96 px patches, a gap of 48 px (half a patch) between
@@ -375,9 +401,13 @@ def patch_grid(
     patches, 3 px gaps, 1 px jitter) are these proportions scaled down so the grid fits: 3*8 + 2*3
     + 2*1 = 32 px.
 
-    Geometry, per image: the grid plus its jitter margin, ``3*patch + 2*gap + 2*jitter`` px a
-    side, is placed at a uniformly random position inside the image; the patch of row r and column
-    c has its nominal top-left corner at ``origin + jitter + (r, c) * (patch + gap)`` and is then
+    ``grid=2`` cuts a 2x2 grid instead, which leaves room for patches almost half the image wide (on
+    CIFAR-10: 14 px patches, 2 px gap, 1 px jitter).
+
+    Geometry, per image: the grid plus its jitter margin, ``3*patch + 2*gap + 2*jitter`` px a side
+    (``grid*patch + (grid-1)*gap + 2*jitter`` in general), is placed at a uniformly random position
+    inside the image; the patch of row r and column c has its nominal top-left corner at
+    ``origin + jitter + (r, c) * (patch + gap)`` and is then
     moved by independent uniform integer offsets in ``[-jitter, jitter]`` along each axis. Two
     neighbouring patches are therefore at least ``gap - 2*jitter`` px apart (1 px by default).
 
@@ -388,20 +418,23 @@ def patch_grid(
 
     Returns:
         ``(patches, corners)``: patches ``[B, 9, C, patch, patch]``, cells row by row (cell 4 is the
-        centre); corners ``[B, 9, 2]`` long, each patch's top-left (y, x) in the image.
+        centre); corners ``[B, 9, 2]`` long, each patch's top-left (y, x) in the image (``grid**2``
+        cells instead of 9 for another ``grid``).
     """
     if images.ndim != 4:
         raise ValueError(f"expected images of shape [B, C, H, W], got {tuple(images.shape)}")
     B, C, H, W = images.shape
+    if grid < 2:
+        raise ValueError(f"a patch grid needs grid >= 2 cells a side, got grid={grid}")
     if patch < 1 or jitter < 0 or gap < 2 * jitter:
         raise ValueError(
             f"need patch >= 1, jitter >= 0 and gap >= 2 * jitter (else jittered patches can "
             f"overlap), got patch={patch}, gap={gap}, jitter={jitter}"
         )
-    extent = 3 * patch + 2 * gap + 2 * jitter
+    extent = grid * patch + (grid - 1) * gap + 2 * jitter
     if extent > min(H, W):
         raise ValueError(
-            f"a grid of 3 x {patch} px patches with {gap} px gaps and {jitter} px jitter needs "
+            f"a grid of {grid} x {patch} px patches with {gap} px gaps and {jitter} px jitter needs "
             f"{extent} px, the images are {H}x{W}"
         )
     device = images.device
@@ -409,18 +442,19 @@ def patch_grid(
         [torch.randint(0, H - extent + 1, (B,), device=device), torch.randint(0, W - extent + 1, (B,), device=device)],
         dim=1,
     )  # [B, 2]
-    shake = torch.randint(-jitter, jitter + 1, (B, 9, 2), device=device)
-    gray = torch.rand(B, 9, device=device) < gray_p  # drawn even when gray_p = 0: the same RNG use always
+    n = grid * grid
+    shake = torch.randint(-jitter, jitter + 1, (B, n, 2), device=device)
+    gray = torch.rand(B, n, device=device) < gray_p  # drawn even when gray_p = 0: the same RNG use always
 
-    cells = torch.arange(9, device=device)
-    nominal = torch.stack([cells // 3, cells % 3], dim=1) * (patch + gap)  # [9, 2]
+    cells = torch.arange(n, device=device)
+    nominal = torch.stack([cells // grid, cells % grid], dim=1) * (patch + gap)  # [n, 2]
     corners = origin[:, None, :] + jitter + nominal + shake  # [B, 9, 2]
     steps = torch.arange(patch, device=device)
-    rows = corners[..., 0, None] + steps  # [B, 9, patch]
+    rows = corners[..., 0, None] + steps  # [B, n, patch]
     cols = corners[..., 1, None] + steps
     b = torch.arange(B, device=device)[:, None, None, None]
-    patches = images.permute(0, 2, 3, 1)[b, rows[..., :, None], cols[..., None, :]]  # [B, 9, p, p, C]
-    patches = patches.permute(0, 1, 4, 2, 3).contiguous()  # [B, 9, C, p, p]
+    patches = images.permute(0, 2, 3, 1)[b, rows[..., :, None], cols[..., None, :]]  # [B, n, p, p, C]
+    patches = patches.permute(0, 1, 4, 2, 3).contiguous()  # [B, n, C, p, p]
     if gray_p > 0:
         patches = torch.where(gray[..., None, None, None], _grayscale(patches, mean, std), patches)
     return patches, corners
@@ -435,6 +469,7 @@ def relative_patch_pairs(
     gray_p: float = 0.0,
     mean=None,
     std=None,
+    grid: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Context prediction's pairs: a centre patch, one of its 8 neighbours, and where the neighbour sits.
 
@@ -461,9 +496,14 @@ def relative_patch_pairs(
     patch is turned grayscale with that probability, which removes every inter-channel cue of
     that patch (and its colour with it).
 
+    ``grid=2`` (not the paper's): the patches come from a 2x2 grid, which has room for bigger
+    patches. The first patch is then the cell from which neighbour ``y`` lies inside the grid (a
+    random one of the two where two fit: for "right of", the left cell of either row), so its
+    place in the grid depends on the label; only its content can tell the network that place.
+
     Args:
         images: ``[B, C, H, W]``, e.g. normalised training views.
-        patch, gap, jitter, gray_p, mean, std: as :func:`patch_grid`.
+        patch, gap, jitter, gray_p, mean, std, grid: as :func:`patch_grid`.
         labels: ``[B]`` positions 0..7 to use; None draws them uniformly (torch's global generator).
 
     Returns:
@@ -475,6 +515,14 @@ def relative_patch_pairs(
         labels = torch.randint(len(NEIGHBOURS), (B,), device=device)
     else:
         labels = torch.as_tensor(labels, device=device).long()
-    patches, _ = patch_grid(images, patch, gap, jitter, gray_p, mean, std)
-    cells = torch.tensor(NEIGHBOUR_CELLS, device=device)[labels]
-    return patches[:, CENTRE], patches[torch.arange(B, device=device), cells], labels
+    patches, _ = patch_grid(images, patch, gap, jitter, gray_p, mean, std, grid)
+    rows = torch.arange(B, device=device)
+    if grid == 3:
+        cells = torch.tensor(NEIGHBOUR_CELLS, device=device)[labels]
+        return patches[:, CENTRE], patches[rows, cells], labels
+    cell_pairs(grid)  # the same check of grid
+    step = torch.tensor(NEIGHBOURS, device=device)[labels] - 1  # [B, 2]: the neighbour's (row, col) step
+    either = torch.randint(0, 2, (B, 2), device=device)  # where a step of 0 lets both rows (columns) fit
+    first = torch.where(step == 0, either, (step < 0).long())  # [B, 2]: row 1 when the neighbour is above
+    second = first + step
+    return patches[rows, first[:, 0] * 2 + first[:, 1]], patches[rows, second[:, 0] * 2 + second[:, 1]], labels

@@ -83,7 +83,7 @@ class Entry:
 ENTRIES = {
     # the eight architecture methods
     "simclr": Entry("cifar10/simclr", 40, "architecture"),
-    "instdisc": Entry("cifar10/instdisc", PLACEHOLDER_EPOCHS, "architecture"),
+    "instdisc": Entry("cifar10/instdisc", 50, "architecture"),
     "pirl": Entry("cifar10/pirl", PLACEHOLDER_EPOCHS, "architecture"),
     "moco_v1": Entry("cifar10/moco_v1", PLACEHOLDER_EPOCHS, "architecture"),
     "moco_v2": Entry("cifar10/moco_v2", 40, "architecture"),

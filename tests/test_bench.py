@@ -154,6 +154,29 @@ def test_report_holds_zoo_entries_to_their_goals():
     assert line("rotation", "pretext", None, {}) == "-"  # no pixel row to compare with
 
 
+def test_report_has_one_shortcut_table_per_results_file(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    common = {"date": "2026-12-04T21:29:19", "images": "2,000 test images", "boundary_contrast": [1.0] * 31}
+    zoo_row = {
+        "source": "zoo",
+        "arm": "cpc",
+        "epochs": 3,
+        "knn200_top1": 37.86,
+        "method_args": {"patch": 8},
+        "accuracy_by_shift": {"0": 2.46, "3": 1.43, "4": 1.97},
+    }
+    (tmp_path / "shortcut-cpc.json").write_text(json.dumps({**common, "command": "check cpc", "rows": [zoo_row]}))
+    (tmp_path / "shortcut-context.json").write_text(json.dumps({**common, "command": "check context", "rows": []}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = report.shortcut_sections()
+    assert text.index("(`shortcut-context.json`)") < text.index("(`shortcut-cpc.json`)")  # one table per file
+    assert "| zoo | cpc | patch=8 | 3 | 37.86 | 2.5 | - | - | 1.4 | 2.0 | - | - |" in text  # a missing shift is "-"
+
+
 def test_a_corrupt_results_file_is_never_retrained_over_silently(tmp_path):
     out = tmp_path / "r"
     bench.run("cifar10/simclr", out, TINY, linear=False, datasets=tiny_datasets())

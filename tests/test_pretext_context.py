@@ -17,6 +17,7 @@ from sslbook.pretext import (
     CENTRE,
     NEIGHBOUR_CELLS,
     NEIGHBOURS,
+    cell_pairs,
     hamming_distances,
     hamming_permutation_set,
     jigsaw_puzzle,
@@ -164,11 +165,14 @@ def coordinate_image(b, side):
     return torch.stack([y, x, torch.zeros(side, side)])[None].repeat(b, 1, 1, 1)
 
 
-@pytest.mark.parametrize("patch, gap, jitter, side", [(8, 3, 1, 32), (4, 2, 0, 20), (5, 6, 3, 40)])
-def test_neighbour_is_cut_at_the_labelled_position(patch, gap, jitter, side):
+@pytest.mark.parametrize(
+    "patch, gap, jitter, side, grid",
+    [(8, 3, 1, 32, 3), (4, 2, 0, 20, 3), (5, 6, 3, 40, 3), (14, 2, 1, 32, 2), (6, 2, 0, 14, 2)],
+)
+def test_neighbour_is_cut_at_the_labelled_position(patch, gap, jitter, side, grid):
     torch.manual_seed(0)
     images = coordinate_image(64, side)
-    centre, neighbour, labels = relative_patch_pairs(images, patch, gap, jitter)
+    centre, neighbour, labels = relative_patch_pairs(images, patch, gap, jitter, grid=grid)
     assert centre.shape == neighbour.shape == (64, 3, patch, patch) and labels.shape == (64,)
     steps = torch.arange(patch, dtype=torch.float32)
     for b in range(64):
@@ -183,6 +187,23 @@ def test_neighbour_is_cut_at_the_labelled_position(patch, gap, jitter, side):
         if jitter == 0:
             assert dy == (r - 1) * (patch + gap) and dx == (c - 1) * (patch + gap)
     assert set(labels.tolist()) == set(range(8))
+    if grid == 2 and side == 2 * patch + gap:  # the grid fills the image: a patch's corner gives its cell
+        row, col = (centre[:, 0, 0, 0] / (patch + gap)).long(), (centre[:, 1, 0, 0] / (patch + gap)).long()
+        # "Right of" (label 4): the first patch in the left column, of either row; "below" (6): the top row.
+        assert set(col[labels == 4].tolist()) == {0} and set(row[labels == 4].tolist()) == {0, 1}
+        assert set(row[labels == 6].tolist()) == {0} and set(col[labels == 6].tolist()) == {0, 1}
+
+
+def test_two_by_two_pairs_cover_every_ordered_pair_of_cells():
+    firsts, seconds, labels = cell_pairs(2)
+    assert len(labels) == 12 and len(set(zip(firsts, seconds))) == 12 and set(labels) == set(range(8))
+    for a, b, y in zip(firsts, seconds, labels):  # the label is b's direction from a
+        r, c = NEIGHBOURS[y]
+        assert (b // 2 - a // 2, b % 2 - a % 2) == (r - 1, c - 1)
+    assert sorted(labels.count(y) for y in range(8)) == [1, 1, 1, 1, 2, 2, 2, 2]  # diagonals once, sides twice
+    assert cell_pairs(3) == ((CENTRE,) * 8, NEIGHBOUR_CELLS, tuple(range(8)))
+    with pytest.raises(ValueError, match="3x3 or a 2x2 grid, got grid=4"):
+        cell_pairs(4)
 
 
 def test_patch_grid_keeps_gaps_inside_the_image_and_is_seeded():
@@ -202,6 +223,10 @@ def test_patch_grid_keeps_gaps_inside_the_image_and_is_seeded():
         patch_grid(torch.zeros(1, 3, 32, 32), patch=8, gap=4, jitter=1)
     with pytest.raises(ValueError, match="gap >= 2"):
         patch_grid(torch.zeros(1, 3, 32, 32), patch=8, gap=1, jitter=1)
+    patches, corners = patch_grid(coordinate_image(50, 32), patch=14, gap=2, jitter=1, grid=2)
+    assert patches.shape == (50, 4, 3, 14, 14) and corners.min() >= 0 and (corners + 14).max() <= 32
+    with pytest.raises(ValueError, match="a grid of 2 x 15 px patches with 2 px gaps and 1 px jitter needs 34 px"):
+        patch_grid(torch.zeros(1, 3, 32, 32), patch=15, gap=2, jitter=1, grid=2)
     # The pair labels pick the cells of NEIGHBOUR_CELLS, around the centre cell.
     assert [divmod(c, 3) for c in NEIGHBOUR_CELLS] == list(NEIGHBOURS) and CENTRE == 4
 
@@ -268,6 +293,15 @@ def test_method_options():
     # Each pair is (centre, neighbour of its label): the centre half repeats, the neighbour halves differ.
     d = pairs.backbone.feature_dim
     assert torch.equal(features[:8, :d], features[:1, :d].expand(8, d))
+    # On a 2x2 grid: 4 patches per image, 12 labelled pairs (every ordered pair of cells).
+    two = RelativePatch(encoder(), hidden_dim=32, patch=7, gap=2, jitter=0, all_neighbours=True, grid=2)
+    features, labels, h = two.pairs(batch(3, side=16))
+    assert features.shape == (36, 2 * d) and h.shape == (12, d) and labels.tolist() == list(cell_pairs(2)[2]) * 3
+    assert torch.equal(features[0, d:], features[3, :d])  # pair 0's second cell (1) is pair 3's first
+    assert math.isfinite(two([batch(3, side=16)])["loss"].item())
+    assert RelativePatch(encoder(), patch=7, gap=2, jitter=0, grid=2)([batch(4, side=16)])["z"].shape[0] == 8
+    with pytest.raises(ValueError, match="grid=5"):
+        RelativePatch(encoder(), grid=5)
     jig = Jigsaw(encoder(), num_permutations=24, selection="min", hidden_dim=32)
     assert torch.equal(jig.state_dict()["permutations"], hamming_permutation_set(24, selection="min"))
     assert set(pairs.state_dict()) >= {"mean", "std"}

@@ -30,6 +30,12 @@ per-patch random grayscale (``gray_p``) is offered instead.
 paired with *each* of its 8 neighbours, one grid per image, 9 patches through the backbone for 8
 labelled pairs -- as RotNet feeds all four rotations of an image. The backbone is trained on
 patches only (8 px on CIFAR-10) and evaluated on whole images (``embed`` = ``self.backbone``).
+
+``grid=2`` (also not the paper's): a 2x2 grid, which fits patches almost half the image wide (14 px
+on CIFAR-10, against 6 to 8 px for a 3x3 grid). On it every cell neighbours every other, so the first
+patch is no longer always the centre: :func:`sslbook.pretext.cell_pairs` lists the 12 ordered pairs
+(with ``all_neighbours``, 4 patches through the backbone for 12 labelled pairs), still labelled by the
+8 directions.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import torch.nn.functional as F
 
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 from ..models import mlp
-from ..pretext import CENTRE, NEIGHBOUR_CELLS, NEIGHBOURS, patch_grid, relative_patch_pairs
+from ..pretext import NEIGHBOURS, cell_pairs, patch_grid, relative_patch_pairs
 from .base import Method
 
 
@@ -63,6 +69,7 @@ class RelativePatch(Method):
         hidden_dim: int = 4096,
         gray_p: float = 0.0,
         all_neighbours: bool = False,
+        grid: int = 3,
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
     ):
@@ -70,24 +77,32 @@ class RelativePatch(Method):
         self.patch, self.gap, self.jitter = patch, gap, jitter
         self.gray_p = gray_p
         self.all_neighbours = all_neighbours
+        self.grid = grid
+        cell_pairs(grid)  # a grid other than 3 or 2 fails here, not at the first step
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.classifier = mlp(2 * backbone.feature_dim, hidden_dim, len(NEIGHBOURS), num_layers=2)
 
     def pairs(self, x: torch.Tensor):
         """Features of (centre, neighbour) pairs ``[P, 2d]`` and their labels ``[P]``, plus the patch features."""
-        grid = dict(
-            patch=self.patch, gap=self.gap, jitter=self.jitter, gray_p=self.gray_p, mean=self.mean, std=self.std
+        cut = dict(
+            patch=self.patch,
+            gap=self.gap,
+            jitter=self.jitter,
+            gray_p=self.gray_p,
+            mean=self.mean,
+            std=self.std,
+            grid=self.grid,
         )
         B = x.shape[0]
         if self.all_neighbours:
-            patches, _ = patch_grid(x, **grid)  # [B, 9, C, p, p]
-            h = self.backbone(patches.flatten(0, 1)).reshape(B, 9, -1)  # every patch once
-            centre = h[:, CENTRE, None, :].expand(-1, len(NEIGHBOURS), -1)  # [B, 8, d]
-            neighbours = h[:, list(NEIGHBOUR_CELLS)]  # [B, 8, d], label order
-            labels = torch.arange(len(NEIGHBOURS), device=x.device).repeat(B)
-            return torch.cat([centre, neighbours], dim=2).flatten(0, 1), labels, h.flatten(0, 1)
-        centre, neighbour, labels = relative_patch_pairs(x, labels=None, **grid)
+            patches, _ = patch_grid(x, **cut)  # [B, 9, C, p, p] (4 cells on a 2x2 grid)
+            h = self.backbone(patches.flatten(0, 1)).reshape(B, self.grid**2, -1)  # every patch once
+            firsts, seconds, labels = cell_pairs(self.grid)  # 3x3: the centre and each neighbour, in label order
+            pair_features = torch.cat([h[:, list(firsts)], h[:, list(seconds)]], dim=2)  # [B, pairs, 2d]
+            labels = torch.tensor(labels, device=x.device).repeat(B)
+            return pair_features.flatten(0, 1), labels, h.flatten(0, 1)
+        centre, neighbour, labels = relative_patch_pairs(x, labels=None, **cut)
         h = self.backbone(torch.cat([centre, neighbour]))  # one pass: BN statistics over both
         h_c, h_n = h.chunk(2)
         return torch.cat([h_c, h_n], dim=1), labels, h
