@@ -67,7 +67,7 @@ ZOO_ENV = "SSLBOOK_ZOO"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "zoo"
 WEIGHTS_FORMAT = "sslbook-zoo-weights-1"
 BIG_BUFFER = 4096  # non-parameter buffers with more elements than this (queues, banks, labels) are not exported
-PLACEHOLDER_EPOCHS = 30  # the lead sets each entry's budget after the recipe sweeps
+PLACEHOLDER_EPOCHS = 30  # pirl, moco_v1, swav: not trained yet; set after their recipe sweeps
 # Keys that may differ between the sittings of one entry without changing what it trains.
 SITTING_KEYS = ("max_steps",)
 
