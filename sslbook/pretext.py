@@ -391,7 +391,7 @@ def patch_grid(
     std=None,
     grid: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 3x3 grid of square patches per image (``grid`` x ``grid``), with gaps between them and random jitter.
+    """A ``grid`` x ``grid`` grid (3x3 by default) of square patches per image, with gaps and random jitter.
 
     Paper: Doersch, Gupta & Efros (2015), "Unsupervised Visual Representation Learning by Context
     Prediction", ICCV: 96 px patches, a gap of 48 px (half a patch) between
@@ -448,7 +448,7 @@ def patch_grid(
 
     cells = torch.arange(n, device=device)
     nominal = torch.stack([cells // grid, cells % grid], dim=1) * (patch + gap)  # [n, 2]
-    corners = origin[:, None, :] + jitter + nominal + shake  # [B, 9, 2]
+    corners = origin[:, None, :] + jitter + nominal + shake  # [B, n, 2]
     steps = torch.arange(patch, device=device)
     rows = corners[..., 0, None] + steps  # [B, n, patch]
     cols = corners[..., 1, None] + steps
@@ -515,14 +515,14 @@ def relative_patch_pairs(
         labels = torch.randint(len(NEIGHBOURS), (B,), device=device)
     else:
         labels = torch.as_tensor(labels, device=device).long()
+    firsts, seconds, pair_labels = cell_pairs(grid)
     patches, _ = patch_grid(images, patch, gap, jitter, gray_p, mean, std, grid)
+    # Each label's pairs: one on the 3x3 grid; one or two on the 2x2 grid (a lone diagonal pair is listed twice).
+    by_label = [[i for i, y in enumerate(pair_labels) if y == label] for label in range(len(NEIGHBOURS))]
+    k = max(len(pairs) for pairs in by_label)
+    table = torch.tensor([pairs * (k // len(pairs)) for pairs in by_label], device=device)  # [8, k]
+    which = torch.randint(0, k, (B,), device=device) if k > 1 else torch.zeros(B, dtype=torch.long, device=device)
+    pick = table[labels, which]  # the 3x3 grid draws nothing here: its pairs are as the paper's
     rows = torch.arange(B, device=device)
-    if grid == 3:
-        cells = torch.tensor(NEIGHBOUR_CELLS, device=device)[labels]
-        return patches[:, CENTRE], patches[rows, cells], labels
-    cell_pairs(grid)  # the same check of grid
-    step = torch.tensor(NEIGHBOURS, device=device)[labels] - 1  # [B, 2]: the neighbour's (row, col) step
-    either = torch.randint(0, 2, (B, 2), device=device)  # where a step of 0 lets both rows (columns) fit
-    first = torch.where(step == 0, either, (step < 0).long())  # [B, 2]: row 1 when the neighbour is above
-    second = first + step
-    return patches[rows, first[:, 0] * 2 + first[:, 1]], patches[rows, second[:, 0] * 2 + second[:, 1]], labels
+    first, second = torch.tensor(firsts, device=device)[pick], torch.tensor(seconds, device=device)[pick]
+    return patches[rows, first], patches[rows, second], labels
