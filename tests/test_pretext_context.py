@@ -397,10 +397,28 @@ def _neighbour_offsets(patch: int, gap: int, jitter: int, draws: int = 20) -> di
     return out
 
 
+def _pair_offsets(grid: int, patch: int, gap: int, jitter: int, draws: int = 20) -> dict:
+    """For each label: the offsets (mod 8) of its second patch's corner from its first's, as (dy, dx) pairs."""
+    torch.manual_seed(0)
+    firsts, seconds, labels = pretext.cell_pairs(grid)
+    out = {label: set() for label in labels}
+    for _ in range(draws):
+        _, corners = pretext.patch_grid(_coordinate_images(), patch, gap, jitter, grid=grid)  # [B, grid**2, 2]
+        for a, b, label in zip(firsts, seconds, labels):
+            out[label] |= {(int(dy) % 8, int(dx) % 8) for dy, dx in (corners[:, b] - corners[:, a]).tolist()}
+    return out
+
+
 def test_shipped_relative_patch_grid_does_not_tell_a_direction_by_the_block_grid():
     args = load_config("cifar10/relative_patch").method_args
-    assert args["patch"] + args["gap"] == 8  # neighbours one 8 px block apart
-    offsets = _neighbour_offsets(args["patch"], args["gap"], args["jitter"])
-    assert offsets["left"] == offsets["right"] == {6, 7, 0, 1, 2}
+    assert (args["patch"] + args["gap"]) % 8 == 0  # cells a whole number of 8 px JPEG blocks apart
+    offsets = _pair_offsets(args.get("grid", 3), args["patch"], args["gap"], args["jitter"])
+    jittered = {6, 7, 0, 1, 2}  # two patches' jitter of +-1 px each
+    assert sorted(offsets) == list(range(8))
+    assert all(o == {(dy, dx) for dy in jittered for dx in jittered} for o in offsets.values())  # the same for all 8
+    offsets = _neighbour_offsets(6, 2, 1)  # the 3x3 grid of 6 px patches 8 px apart (the previous recipe)
+    assert offsets["left"] == offsets["right"] == jittered
     first = _neighbour_offsets(8, 3, 1)  # the first recipe: 11 px apart, so the offset names the side
     assert first["left"] == {3, 4, 5, 6, 7} and first["right"] == {1, 2, 3, 4, 5}
+    by_label = _pair_offsets(3, 8, 3, 1)
+    assert len({frozenset(o) for o in by_label.values()}) > 1
