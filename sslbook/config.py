@@ -67,6 +67,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     exclude_bias_and_norm: bool = True  # no decay (and no LARS adaptation) for biases and norm layers
     lars_eta: float = 0.001  # LARS trust coefficient
+    lars_clip: bool = False  # LARC clipping: a layer's adapted rate never above the global one
     warmup_epochs: float = 10.0
     schedule: str = "cosine"  # cosine | constant
     min_lr: float = 0.0  # as a fraction of the peak learning rate

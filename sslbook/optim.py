@@ -29,10 +29,22 @@ class LARS(torch.optim.Optimizer):
     Large batches need large learning rates, and one global rate is too much for some layers and
     too little for others; the trust ratio makes each layer's update a fixed fraction of its weight
     norm. Parameter groups with ``lars_exclude=True`` (biases, norms) skip the adaptation.
+
+    ``clip=True`` is LARC's clipping (apex ``LARC(clip=True)``; solo-learn's ``clip_lr``, which its
+    SwAV recipes use): the trust ratio itself becomes the layer's rate, capped at the global one,
+
+        trust <- min(trust / lr, 1)        (the layer's step: min(eta * ||w|| / ||g||, lr) * g)
+
+    so a layer whose gradient is tiny next to its weights never steps faster than ``lr``. Without the
+    cap such a layer (SwAV's prototypes when the codes are nearly uniform, say) takes a step of size
+    ``lr * eta * ||w||`` in whatever direction that tiny gradient points.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+    def __init__(
+        self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001, clip: bool = False
+    ):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, lars_exclude=False)
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,6 +61,8 @@ class LARS(torch.optim.Optimizer):
                     trust = torch.where(
                         (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
                     )
+                    if group.get("clip", False) and group["lr"] > 0:  # .get: checkpoints from before the option
+                        trust = (trust / group["lr"]).clamp(max=1.0)
                     grad = grad.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -142,7 +156,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
             g.pop("lars_exclude", None)
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
     if cfg.name == "lars":
-        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta, clip=cfg.lars_clip)
     raise ValueError(f"unknown optimiser {cfg.name!r}; use sgd, adamw or lars")
 
 

@@ -56,6 +56,29 @@ def test_lars_step_matches_formula():
     assert trust_ratio(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0]), 0.1, 0.01) == pytest.approx(float(trust))
 
 
+@pytest.mark.parametrize("eta, expected_rate", [(0.01, 0.05), (1.0, 0.5)])  # trust 0.1 (below lr) / 10 (capped)
+def test_lars_clip_is_larc_rate_min_of_trust_and_lr(eta, expected_rate):
+    """LARC's clip: the layer's rate is min(eta * |w| / |g|, lr) (apex LARC, solo-learn's clip_lr)."""
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # |w| = 5
+    opt = LARS([{"params": [w]}], lr=0.5, momentum=0.9, eta=eta, clip=True)
+    w.grad = torch.tensor([0.0, 1.0])  # |g| = 1, so eta * |w| / |g| = 5 * eta
+    opt.step()
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0 - expected_rate]))
+
+
+def test_lars_clip_option_reaches_the_optimizer_and_old_state_still_steps():
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, OptimConfig(name="lars", lr=0.1, lars_clip=True), batch_size=256)
+    assert all(group["clip"] for group in opt.param_groups)
+    old = LARS(model.parameters(), lr=0.1)
+    state = old.state_dict()
+    for group in state["param_groups"]:  # a checkpoint written before the option existed
+        del group["clip"]
+    old.load_state_dict(state)
+    model.weight.grad = torch.ones_like(model.weight)
+    old.step()  # no KeyError
+
+
 def test_lars_second_step_uses_momentum():
     w = nn.Parameter(torch.tensor([1.0]))
     opt = LARS([{"params": [w], "lars_exclude": True}], lr=1.0, momentum=0.5)
