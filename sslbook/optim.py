@@ -41,7 +41,13 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001, clip: bool = False
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.001,
+        clip: bool = False,
     ):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, lars_exclude=False)
         super().__init__(params, defaults)
