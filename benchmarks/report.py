@@ -59,6 +59,12 @@ SCRIPTS = [
         "`results/shortcut-<name>.json`, e.g. `shortcut-context.json`, `shortcut-cpc.json`)",
     ),
     (
+        "`swav_collapse.py`",
+        "where SwAV's features and prototypes sit (how many directions the features use, whether the prototypes "
+        "left a direction empty, the largest score), for sweep arms and the zoo entry (writes "
+        "`results/swav-collapse.json`)",
+    ),
+    (
         "`profile_steps.py`",
         "where each method's training step spends its time: augment, forward, backward, optimiser, "
         "momentum update, at batch 256 and width 16 in the `cpu` profile (writes "
@@ -246,6 +252,37 @@ def sweep_sections():
         sweep = json.loads(path.read_text())
         parts += [f"### {sweep['sweep']} (`{path.name}`)", "", markdown_table(sweep), ""]
     return "\n".join(parts)
+
+
+def swav_collapse_section(r):
+    """The table of results/swav-collapse.json written by benchmarks/swav_collapse.py."""
+    if not r:
+        return ""
+    lines = [
+        "## SwAV: features and prototypes (`swav-collapse.json`)",
+        "",
+        f"`{r['command']}` ({r['date'][:10]}; {r['images']}). Variance share: of the centred unit features z, "
+        "in their top 1 / 2 / 10 directions. Smallest singular values of the unit prototypes: near 0 means a "
+        "direction no prototype points along. In empty: the mean share of a feature in the prototypes' two "
+        "least covered directions. Max score: the largest |cos(z, c)|; all scores near 0 give uniform codes "
+        "and loss log K.",
+        "",
+        "| source | arm | prototypes frozen (epochs) | queue from epoch | local crops | epochs | kNN top-1 (%) "
+        "| variance share top 1 / 2 / 10 | smallest prototype singular values | in empty | max score |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for row in r["rows"]:
+        energy = row["feature_energy"]
+        queue = row["queue_start_epoch"] if row.get("queue_length") else "no queue"
+        lines.append(
+            f"| {row['source']} | {row['arm']} | {row['freeze_prototypes_epochs']} | {queue} | "
+            f"{_fmt(row.get('local_crops'), 'd') if row.get('local_crops') is not None else '6'} | "
+            f"{_fmt(row.get('epochs'), '.0f')} | {_fmt(row.get('knn200_top1'), '.2f')} | "
+            f"{energy['top1']:.3f} / {energy['top2']:.3f} / {energy['top10']:.3f} | "
+            + ", ".join(f"{v:.3f}" for v in row["prototype_svals"])
+            + f" | {row['share_in_empty']:.3f} | {row['max_score']:.4f} |"
+        )
+    return "\n".join(lines + [""])
 
 
 def shortcut_sections():
@@ -555,6 +592,7 @@ def main():
         step_profile_section(load("step_profile-cpu.json")),
         zoo_section(),
         shortcut_sections(),
+        swav_collapse_section(load("swav-collapse.json")),
         sweep_sections(),
     ]
     (HERE / "README.md").write_text("\n".join(p for p in parts if p))

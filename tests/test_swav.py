@@ -440,3 +440,30 @@ def test_two_processes_share_the_queue_and_match_one_process(tmp_path):
     # Sinkhorn over [each process's share of the queue; its half of the batch], with global sums,
     # gives the codes one process computes over [whole queue; whole batch].
     torch.testing.assert_close(torch.cat([out["codes"] for out in ranks]), single["codes"])
+
+
+def test_prototype_coverage_sees_features_in_a_direction_no_prototype_covers():
+    from sslbook.methods.swav import prototype_coverage
+
+    torch.manual_seed(0)
+    prototypes = torch.randn(6, 4)
+    prototypes[:, 3] = 0  # no prototype points along e4
+    z = torch.zeros(5, 4)
+    z[:, 3] = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0])  # every feature on the line of e4
+    report = prototype_coverage(z, prototypes, directions=1)
+    assert report["prototype_svals"][0] == pytest.approx(0.0, abs=1e-6)
+    assert report["share_in_empty"] == pytest.approx(1.0, abs=1e-6)
+    assert report["max_score"] == pytest.approx(0.0, abs=1e-6)
+    assert report["feature_energy"]["top1"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_prototype_coverage_energy_and_random_prototypes_by_hand():
+    from sslbook.methods.swav import prototype_coverage
+
+    e1, e2 = torch.eye(4)[0], torch.eye(4)[1]
+    z = torch.stack([e1, -e1, e2, -e2, e2, -e2])  # mean 0, z^T z = diag(2, 4, 0, 0)
+    prototypes = torch.eye(4)  # unit, every direction covered once: all singular values 1
+    report = prototype_coverage(z, prototypes, directions=2)
+    assert report["feature_energy"] == pytest.approx({"top1": 4 / 6, "top2": 1.0, "top10": 1.0})
+    assert report["prototype_svals"] == pytest.approx([1.0, 1.0, 1.0])
+    assert report["max_score"] == pytest.approx(1.0)

@@ -172,7 +172,44 @@ class SwAV(Method):
             self.prototypes.weight.grad = None
 
     @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The unit features z [B, dim] of a batch (what the prototypes score), for inspection."""
+        return F.normalize(self.projector(self.backbone(images)), dim=1)
+
+    @torch.no_grad()
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """Prototype scores [B, K] (cosines) of a batch, for inspection; call ``eval()`` first."""
         self.prototypes.normalize_()
-        return self._scores(F.normalize(self.projector(self.backbone(images)), dim=1))
+        return self._scores(self.features(images))
+
+
+@torch.no_grad()
+def prototype_coverage(z: torch.Tensor, prototypes: torch.Tensor, directions: int = 2) -> dict:
+    """Do the features still meet the prototypes? SwAV's collapse, measured.
+
+    SwAV's trivial solution is not one code for every image (Sinkhorn forbids it) but scores that are
+    all zero: then the prediction and the codes are uniform, the loss is log K and its gradient
+    vanishes. K unit prototypes that span the feature space leave no unit feature orthogonal to all of
+    them; trained prototypes can stop spanning it, leaving *empty* directions that the features
+    may then move into. For unit features ``z`` [B, dim] and the prototypes [K, dim]:
+
+    - ``feature_energy``: the share of the features' variance (squared singular values of the centred
+      features) in their top 1, 2 and 10 directions: {"top1", "top2", "top10"} (top1 = 1: every
+      feature on one line);
+    - ``prototype_svals``: the smallest singular values of the unit prototypes, smallest first
+      (near 0: a direction no prototype points along; random prototypes have none);
+    - ``share_in_empty``: the mean share of a feature's squared norm that lies in the ``directions``
+      directions the prototypes cover least (1: the features live where no prototype points);
+    - ``max_score``: the largest |cos(z, c_k)| over the batch and the prototypes.
+    """
+    z = F.normalize(z.float(), dim=1)
+    c = F.normalize(prototypes.float(), dim=1)
+    energy = torch.linalg.svdvals(z - z.mean(0)).square()
+    _, svals, basis = torch.linalg.svd(c, full_matrices=False)  # svals in decreasing order
+    empty = basis[-directions:]  # the directions the prototypes cover least
+    return {
+        "feature_energy": {f"top{k}": (energy[:k].sum() / energy.sum()).item() for k in (1, 2, 10)},
+        "prototype_svals": svals.flip(0)[: max(directions, 3)].tolist(),
+        "share_in_empty": (z @ empty.T).square().sum(1).mean().item(),
+        "max_score": (z @ c.T).abs().max().item(),
+    }
