@@ -22,45 +22,19 @@ itself). The numbers do not depend on machine load.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
-from pathlib import Path
 
 import torch
+from checkpoint_rows import RESULTS, held_out, sweep_arms, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 SHIFTS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 16]
-
-
-def held_out(n: int = 2000):
-    from sslbook.data import balanced_indices, load_cifar
-    from sslbook.eval import normalize_images
-
-    test = load_cifar("cifar10", "test")
-    images = test.images[balanced_indices(test.labels, n, seed=0)]
-    return normalize_images(images, test.mean, test.std)
 
 
 def check_sweep(name: str, images: torch.Tensor) -> list[dict]:
     from sslbook.diagnostics import shifted_accuracy
-    from sslbook.trainer import CHECKPOINT, method_from_checkpoint
 
-    path = RESULTS / f"sweep-{name}.json"
-    if not path.is_file():
-        sys.exit(
-            f"shortcut_check: {path} does not exist; "
-            f"run benchmarks/sweep_recipes.py {name.split('-')[0]} --name {name} first"
-        )
-    sweep = json.loads(path.read_text())
     rows = []
-    for arm in sweep["arms"]:
-        ckpt = Path(arm["out_dir"]) / CHECKPOINT
-        if not ckpt.is_file():
-            print(f"[shortcut] {name}/{arm['arm']}: no checkpoint at {ckpt} (runs/ is not kept); skipped")
-            continue
-        method, _ = method_from_checkpoint(ckpt)
+    for arm, method, _ in sweep_arms(name, "shortcut"):
         acc = shifted_accuracy(method, images, SHIFTS)
         print(f"[shortcut] {name}/{arm['arm']}: " + ", ".join(f"{s} px {a:.1f}%" for s, a in acc.items()), flush=True)
         rows.append(
@@ -107,20 +81,19 @@ def main(argv=None) -> int:
     from sslbook.data import load_cifar
     from sslbook.diagnostics import boundary_contrast
 
-    images = held_out()
+    images = held_out(2000)
     rows = [row for name in args.sweeps for row in check_sweep(name, images)]
     rows += [check_zoo(name, images) for name in args.zoo]
     train = load_cifar("cifar10", "train").images[:10000]
-    out = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/shortcut_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "shifts": SHIFTS,
-        "images": "2,000 class-balanced CIFAR-10 test images (seed 0)",
-        "boundary_contrast": [round(v, 4) for v in boundary_contrast(train).tolist()],
-        "rows": rows,
-    }
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(
+        args.out,
+        "shortcut_check.py",
+        argv,
+        shifts=SHIFTS,
+        images="2,000 class-balanced CIFAR-10 test images (seed 0)",
+        boundary_contrast=[round(v, 4) for v in boundary_contrast(train).tolist()],
+        rows=rows,
+    )
     return 0
 
 

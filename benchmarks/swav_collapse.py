@@ -15,24 +15,12 @@ them with the arm's settings and kNN. The numbers do not depend on machine load.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
-from pathlib import Path
 
 import torch
+from checkpoint_rows import RESULTS, held_out, sweep_arms, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 IMAGES = 512
-
-
-def held_out(n: int = IMAGES) -> torch.Tensor:
-    from sslbook.data import balanced_indices, load_cifar
-    from sslbook.eval import normalize_images
-
-    test = load_cifar("cifar10", "test")
-    return normalize_images(test.images[balanced_indices(test.labels, n, seed=0)], test.mean, test.std)
 
 
 def measure(method, images: torch.Tensor) -> dict:
@@ -53,18 +41,8 @@ def settings(cfg) -> dict:
 
 
 def check_sweep(name: str, images: torch.Tensor) -> list[dict]:
-    from sslbook.trainer import CHECKPOINT, method_from_checkpoint
-
-    path = RESULTS / f"sweep-{name}.json"
-    if not path.is_file():
-        sys.exit(f"swav_collapse: {path} does not exist; run benchmarks/sweep_recipes.py swav --name {name} first")
     rows = []
-    for arm in json.loads(path.read_text())["arms"]:
-        ckpt = Path(arm["out_dir"]) / CHECKPOINT
-        if not ckpt.is_file():
-            print(f"[swav] {name}/{arm['arm']}: no checkpoint at {ckpt} (runs/ is not kept); skipped")
-            continue
-        method, cfg = method_from_checkpoint(ckpt)
+    for arm, method, cfg in sweep_arms(name, "swav"):
         row = {
             "source": f"sweep {name}",
             "arm": arm["arm"],
@@ -102,18 +80,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.sweeps and not args.zoo:
         parser.error("name at least one sweep or --zoo entry")
-    torch.manual_seed(0)
-    images = held_out()
+    images = held_out(IMAGES)
     rows = [row for name in args.sweeps for row in check_sweep(name, images)]
     rows += [check_zoo(name, images) for name in args.zoo]
-    out = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/swav_collapse.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "images": f"{IMAGES} class-balanced CIFAR-10 test images (seed 0)",
-        "rows": rows,
-    }
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(
+        args.out, "swav_collapse.py", argv, images=f"{IMAGES} class-balanced CIFAR-10 test images (seed 0)", rows=rows
+    )
     return 0
 
 
