@@ -3,6 +3,7 @@ held-out test images, the checkpoints of a sweep's arms, and the results file th
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
@@ -21,6 +22,18 @@ def held_out(n: int) -> torch.Tensor:
 
     test = load_cifar("cifar10", "test")
     return normalize_images(test.images[balanced_indices(test.labels, n, seed=0)], test.mean, test.std)
+
+
+def arguments(doc: str, sweep_example: str, zoo_example: str, out: str, argv=None) -> argparse.Namespace:
+    """The command line the scripts share: sweep names, ``--zoo`` entries (at least one of the two), ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="*", help=f"sweep names, e.g. {sweep_example}")
+    parser.add_argument("--zoo", nargs="*", default=[], help=f"zoo entries, e.g. {zoo_example}")
+    parser.add_argument("--out", default=str(RESULTS / out))
+    args = parser.parse_args(argv)
+    if not args.sweeps and not args.zoo:
+        parser.error("name at least one sweep or --zoo entry")
+    return args
 
 
 def sweep_arms(name: str, tag: str):

@@ -21,11 +21,10 @@ itself). The numbers do not depend on machine load.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
-from checkpoint_rows import RESULTS, held_out, sweep_arms, write_results
+from checkpoint_rows import arguments, held_out, sweep_arms, write_results
 
 SHIFTS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 16]
 
@@ -71,13 +70,7 @@ def check_zoo(name: str, images: torch.Tensor) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweeps", nargs="*", help="sweep names, e.g. jigsaw-grid")
-    parser.add_argument("--zoo", nargs="*", default=[], help="zoo entries, e.g. jigsaw relative_patch")
-    parser.add_argument("--out", default=str(RESULTS / "shortcut-context.json"))
-    args = parser.parse_args(argv)
-    if not args.sweeps and not args.zoo:
-        parser.error("name at least one sweep or --zoo entry")
+    args = arguments(__doc__, "jigsaw-grid", "jigsaw relative_patch", "shortcut-context.json", argv)
     from sslbook.data import load_cifar
     from sslbook.diagnostics import boundary_contrast
 

@@ -14,11 +14,10 @@ them with the arm's settings and kNN. The numbers do not depend on machine load.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
-from checkpoint_rows import RESULTS, held_out, sweep_arms, write_results
+from checkpoint_rows import arguments, held_out, sweep_arms, write_results
 
 IMAGES = 512
 
@@ -73,13 +72,7 @@ def check_zoo(name: str, images: torch.Tensor) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweeps", nargs="*", help="sweep names, e.g. swav-lc2-2ep")
-    parser.add_argument("--zoo", nargs="*", default=[], help="zoo entries, e.g. swav")
-    parser.add_argument("--out", default=str(RESULTS / "swav-collapse.json"))
-    args = parser.parse_args(argv)
-    if not args.sweeps and not args.zoo:
-        parser.error("name at least one sweep or --zoo entry")
+    args = arguments(__doc__, "swav-lc2-2ep", "swav", "swav-collapse.json", argv)
     images = held_out(IMAGES)
     rows = [row for name in args.sweeps for row in check_sweep(name, images)]
     rows += [check_zoo(name, images) for name in args.zoo]
