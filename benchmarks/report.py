@@ -62,7 +62,7 @@ SCRIPTS = [
         "`swav_collapse.py`",
         "where SwAV's features and prototypes sit (how many directions the features use, whether the prototypes "
         "left a direction empty, the largest score), for sweep arms and the zoo entry (writes "
-        "`results/swav-collapse.json`)",
+        "`results/swav-collapse.json`, or another `swav-collapse*.json` with `--out`)",
     ),
     (
         "`profile_steps.py`",
@@ -254,28 +254,35 @@ def sweep_sections():
     return "\n".join(parts)
 
 
-def swav_collapse_section(r):
-    """The table of results/swav-collapse.json written by benchmarks/swav_collapse.py."""
-    if not r:
-        return ""
+def swav_collapse_sections():
+    """One table per results/swav-collapse*.json written by benchmarks/swav_collapse.py."""
+    return "\n".join(
+        swav_collapse_section(json.loads(f.read_text()), f.name) for f in sorted(RESULTS.glob("swav-collapse*.json"))
+    )
+
+
+def swav_collapse_section(r, filename):
     lines = [
-        "## SwAV: features and prototypes (`swav-collapse.json`)",
+        f"## SwAV: features and prototypes (`{filename}`)",
         "",
         f"`{r['command']}` ({r['date'][:10]}; {r['images']}). Variance share: of the centred unit features z, "
         "in their top 1 / 2 / 10 directions. Smallest singular values of the unit prototypes: near 0 means a "
         "direction no prototype points along. In empty: the mean share of a feature in the prototypes' two "
-        "least covered directions. Max score: the largest |cos(z, c)|; all scores near 0 give uniform codes "
+        "least covered directions (in all the directions they leave out, when there are fewer prototypes than "
+        "dimensions). Max score: the largest |cos(z, c)|; all scores near 0 give uniform codes "
         "and loss log K.",
         "",
-        "| source | arm | prototypes frozen (epochs) | queue from epoch | local crops | epochs | kNN top-1 (%) "
-        "| variance share top 1 / 2 / 10 | smallest prototype singular values | in empty | max score |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
+        "| source | arm | prototypes | epsilon | prototypes frozen (epochs) | queue from epoch | local crops | epochs "
+        "| kNN top-1 (%) | variance share top 1 / 2 / 10 | smallest prototype singular values | in empty | max score |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for row in r["rows"]:
         energy = row["feature_energy"]
         queue = row["queue_start_epoch"] if row.get("queue_length") else "no queue"
         lines.append(
-            f"| {row['source']} | {row['arm']} | {row['freeze_prototypes_epochs']} | {queue} | "
+            # files written before these two columns existed measured the config's 3000 prototypes and epsilon 0.05
+            f"| {row['source']} | {row['arm']} | {row.get('num_prototypes', 3000)} | {row.get('epsilon', 0.05):g} | "
+            f"{row['freeze_prototypes_epochs']} | {queue} | "
             f"{_fmt(row.get('local_crops'), 'd') if row.get('local_crops') is not None else '6'} | "
             f"{_fmt(row.get('epochs'), '.0f')} | {_fmt(row.get('knn200_top1'), '.2f')} | "
             f"{energy['top1']:.3f} / {energy['top2']:.3f} / {energy['top10']:.3f} | "
@@ -592,7 +599,7 @@ def main():
         step_profile_section(load("step_profile-cpu.json")),
         zoo_section(),
         shortcut_sections(),
-        swav_collapse_section(load("swav-collapse.json")),
+        swav_collapse_sections(),
         sweep_sections(),
     ]
     (HERE / "README.md").write_text("\n".join(p for p in parts if p))

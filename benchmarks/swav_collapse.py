@@ -2,6 +2,7 @@
 
     python benchmarks/swav_collapse.py swav-2ep swav-lc2-2ep       # the arms of two sweeps
     python benchmarks/swav_collapse.py swav-lc2-2ep --zoo swav      # and the zoo entry
+    python benchmarks/swav_collapse.py swav-fixed-2ep --out benchmarks/results/swav-collapse-fixed.json
 
 SwAV's trivial solution is scores that are all zero: uniform predictions and codes, loss log K, no
 gradient. For each arm of the named sweeps (``benchmarks/results/sweep-<name>.json``, trained by
@@ -9,7 +10,9 @@ gradient. For each arm of the named sweeps (``benchmarks/results/sweep-<name>.js
 :func:`sslbook.methods.swav.prototype_coverage` on 512 class-balanced CIFAR-10 test images gives how
 many directions the features use, whether the prototypes left some direction empty, how much of the
 features lies there and the largest score. ``benchmarks/results/swav-collapse.json`` (``--out``) gets
-them with the arm's settings and kNN. The numbers do not depend on machine load.
+them with the arm's settings and kNN; ``benchmarks/report.py`` shows every ``swav-collapse*.json`` (a
+checkpoint's measurements cannot be repeated once ``runs/`` is gone, so a later check gets its own file).
+The numbers do not depend on machine load.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def measure(method, images: torch.Tensor) -> dict:
 def settings(cfg) -> dict:
     args = cfg.method_args
     return {
+        "num_prototypes": args.get("num_prototypes"),
+        "epsilon": args.get("epsilon"),
         "freeze_prototypes_epochs": args.get("freeze_prototypes_epochs"),
         "queue_length": args.get("queue_length"),
         "queue_start_epoch": args.get("queue_start_epoch"),

@@ -457,6 +457,17 @@ def test_prototype_coverage_sees_features_in_a_direction_no_prototype_covers():
     assert report["feature_energy"]["top1"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_prototype_coverage_counts_the_directions_fewer_prototypes_than_dimensions_leave_out():
+    from sslbook.methods.swav import prototype_coverage
+
+    prototypes = torch.eye(4)[:2] * 3  # 2 prototypes in 4 dimensions: e3 and e4 are covered by none
+    z = torch.stack([torch.eye(4)[2], torch.eye(4)[3], -torch.eye(4)[2]])  # features in the uncovered plane
+    report = prototype_coverage(z, prototypes, directions=1)  # the share counts both uncovered directions
+    assert report["prototype_svals"] == pytest.approx([0.0, 0.0, 1.0], abs=1e-6)  # unit prototypes: sval 1
+    assert report["share_in_empty"] == pytest.approx(1.0, abs=1e-6)
+    assert report["max_score"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_prototype_coverage_energy_and_random_prototypes_by_hand():
     from sslbook.methods.swav import prototype_coverage
 

@@ -196,20 +196,27 @@ def prototype_coverage(z: torch.Tensor, prototypes: torch.Tensor, directions: in
     - ``feature_energy``: the share of the features' variance (squared singular values of the centred
       features) in their top 1, 2 and 10 directions: {"top1", "top2", "top10"} (top1 = 1: every
       feature on one line);
-    - ``prototype_svals``: the smallest singular values of the unit prototypes, smallest first
-      (near 0: a direction no prototype points along; random prototypes have none);
+    - ``prototype_svals``: the smallest singular values of the unit prototypes over the feature space,
+      smallest first (near 0: a direction no prototype points along; K >= dim random prototypes have none,
+      fewer than dim leave dim - K directions at exactly 0);
     - ``share_in_empty``: the mean share of a feature's squared norm that lies in the ``directions``
-      directions the prototypes cover least (1: the features live where no prototype points);
+      directions the prototypes cover least, or in all dim - K directions that K < dim prototypes leave
+      out (1: the features live where no prototype points);
     - ``max_score``: the largest |cos(z, c_k)| over the batch and the prototypes.
     """
     z = F.normalize(z.float(), dim=1)
     c = F.normalize(prototypes.float(), dim=1)
     energy = torch.linalg.svdvals(z - z.mean(0)).square()
-    _, svals, basis = torch.linalg.svd(c, full_matrices=False)  # svals in decreasing order
-    empty = basis[-directions:]  # the directions the prototypes cover least
+    # The eigenvalues of C^T C [dim, dim] are the squared singular values of C, with a 0 for every direction
+    # beyond K when there are fewer prototypes than dimensions (a thin SVD of C would miss those directions).
+    # float64: a singular value near 0 is the square root of a tiny eigenvalue.
+    eigenvalues, eigenvectors = torch.linalg.eigh(c.double().T @ c.double())  # ascending
+    svals = eigenvalues.clamp(min=0).sqrt().float()
+    uncovered = max(directions, c.shape[1] - c.shape[0])  # and every direction fewer prototypes leave out
+    empty = eigenvectors[:, :uncovered].T.float()  # the directions the prototypes cover least
     return {
         "feature_energy": {f"top{k}": (energy[:k].sum() / energy.sum()).item() for k in (1, 2, 10)},
-        "prototype_svals": svals.flip(0)[: max(directions, 3)].tolist(),
+        "prototype_svals": svals[: max(directions, 3)].tolist(),
         "share_in_empty": (z @ empty.T).square().sum(1).mean().item(),
         "max_score": (z @ c.T).abs().max().item(),
     }
