@@ -154,6 +154,8 @@ def main(argv=None) -> int:
         from sslbook.methods.moco import SplitBatchNorm
 
         SplitBatchNorm.forward_fused = SplitBatchNorm.forward_loop
+    from sslbook.report import cpu_model
+
     before = loadavg()
     rows = []
     for name in args.configs:
@@ -163,6 +165,7 @@ def main(argv=None) -> int:
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/profile_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch": torch.__version__,
+        "processor": cpu_model(),
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "split_bn": args.split_bn,

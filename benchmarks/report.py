@@ -352,11 +352,15 @@ def step_profile_section(r):
     lines = [
         "## Where a step's time goes (`step_profile-cpu.json`)",
         "",
-        f"`{r['command']}` ({r['date']}, torch {r['torch']}, {r['threads']} threads on {r['cpus']} CPUs, "
+        f"`{r['command']}` ({r['date']}, {r.get('processor', 'processor not recorded')}, torch {r['torch']}, "
+        f"{r['threads']} threads on {r['cpus']} CPUs, {r['rows'][0].get('precision', '?')}, "
         f"MoCo's Shuffle BN: {r.get('split_bn', 'fused')}; load average (1/5/15 min) before/after "
         f"{r['load_average'][0]} / {r['load_average'][1]}). Median ms per step over {r['rows'][0]['steps']} "
         "timed steps after 2 warm-up steps, random images, batch 256, width 16; CPU ms = the process's CPU time "
-        "per step (all threads). On a loaded machine wall times move with the load: compare rows of one run.",
+        "per step (all threads). On a loaded machine wall times move with the load: compare rows of one run. "
+        "Each config's own recipe decides how many encoder passes a step makes: MoCo v2's CIFAR recipe uses the "
+        "symmetric loss (each view is a query once and a key once: two passes with gradient and two without), "
+        "MoCo v1's is asymmetric (one of each), which is most of the difference between their forward columns.",
         "",
         "| config | overrides | " + " | ".join(parts) + " | total ms | images/s | CPU ms |",
         "|---|---|" + "---:|" * (len(parts) + 3),
