@@ -298,8 +298,9 @@ def test_training_steps_equal_the_old_code_with_multicrop_and_queue(monkeypatch)
         old_loss, old_code_max, old_grads, old_queue = step(twin, views, old=True)
         torch.testing.assert_close(loss, old_loss, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(code_max, old_code_max, rtol=1e-6, atol=1e-6)
-        # float32 gradients summed in another order: equal to a few millionths of the largest one
-        torch.testing.assert_close(grads, old_grads, rtol=0, atol=5e-6 * float(old_grads.abs().max()))
+        # float32 gradients summed in another order: equal to about a hundred-thousandth of the largest one
+        # (one thread on an AVX2-only CPU: 1 of 666 entries differed by 1.1e-5 of it)
+        torch.testing.assert_close(grads, old_grads, rtol=0, atol=2e-5 * float(old_grads.abs().max()))
         torch.testing.assert_close(queue, old_queue, rtol=0, atol=1e-6)
         optimizer.step()
 

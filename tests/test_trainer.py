@@ -1,5 +1,9 @@
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,12 +113,45 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["method"].values() if v.is_floating_point())
 
 
+PATH_RUN = """
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import tiny_datasets, tiny_run_config
+from sslbook.trainer import train
+
+out, options = Path(sys.argv[1]), sys.argv[2:]
+result = train(tiny_run_config(out, "epochs=1", "eval_every=0", "log_every=2", *options), datasets=tiny_datasets())
+finite = all(torch.isfinite(p).all() for p in result.method.parameters())
+print(f"steps={result.results['steps']} finite={finite}")
+"""
+
+
+def train_in_fresh_process(tmp_path, *options) -> str:
+    """Train the tiny run with ``options`` in a new Python process (torch's default threads) and return its output.
+
+    On a CPU without bf16 instructions (AVX2 only), the channels_last and torch.compile backward passes aborted
+    the whole pytest process ("double free or corruption") once the suite had set torch to 1 thread; with 2
+    threads, as a real run has, they pass."""
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run(
+        [sys.executable, "-c", PATH_RUN, str(tmp_path), *options],
+        cwd=tests,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 @pytest.mark.parametrize("option", ["precision=bf16", "precision=fp16", "channels_last=true"])
 def test_precision_and_memory_format_paths(tmp_path, option):
     # fp16 runs with a gradient scaler; on CUDA that is the GPU path, here its CPU equivalent.
-    result = train(config(tmp_path, option, "epochs=1", "eval_every=0"), datasets=data())
-    assert result.results["steps"] == 4
-    assert torch.isfinite(params(result.method)).all()
+    assert "steps=4 finite=True" in train_in_fresh_process(tmp_path, option)
 
 
 def test_data_on_device_path(tmp_path):
@@ -128,8 +165,7 @@ def test_data_on_device_path(tmp_path):
 
 @pytest.mark.slow
 def test_compile_path(tmp_path):
-    result = train(config(tmp_path, "compile=true", "epochs=1", "eval_every=0", "max_steps=2"), datasets=data())
-    assert result.results["steps"] == 2 and torch.isfinite(params(result.method)).all()
+    assert "steps=2 finite=True" in train_in_fresh_process(tmp_path, "compile=true", "max_steps=2")
 
 
 class FakeClock:
