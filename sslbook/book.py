@@ -323,7 +323,9 @@ def show_doc(obj: Any, width: int = COLUMN, max_lines: int = MAX_LINES) -> None:
 def pseudocode_rows(doc: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """Split a docstring that lays a paper's pseudocode beside the code into (prose before, rows of
     (pseudocode line, the code that implements it), prose after). The pseudocode is the first indented
-    block; a line's code is what follows its ``->``."""
+    block; a line's code is what follows its ``->``. A line without ``->`` indented more than 8 spaces
+    beyond a line with one (deeper than pseudocode nests) continues that line's code, wrapped: it becomes
+    a row of its own with an empty pseudocode cell, so neither column grows wider than the docstring's."""
     lines = inspect.cleandoc(doc).splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.startswith("    ") and ln.strip()), None)
     if start is None:
@@ -331,13 +333,18 @@ def pseudocode_rows(doc: str) -> tuple[list[str], list[tuple[str, str]], list[st
     end = start
     while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
         end += 1
-    rows = []
+    rows, coded_indent = [], None  # the indentation of the last line with code (None: it had none)
     for line in lines[start:end]:
         if not line.strip():
             continue
         text = line[4:]
+        indent = len(text) - len(text.lstrip())
         pseudo, arrow, code = text.partition(" -> ")
+        if not arrow and coded_indent is not None and indent > coded_indent + 8:
+            rows.append(("", text.strip()))  # the previous line's code, wrapped
+            continue
         rows.append((pseudo.rstrip(), code.strip() if arrow else ""))
+        coded_indent = indent if arrow else None
     return lines[:start], rows, lines[end:]
 
 

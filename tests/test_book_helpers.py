@@ -187,6 +187,45 @@ def test_pseudocode_rows_pair_each_line_with_its_code():
     assert after == ["Prose after."]
 
 
+def test_pseudocode_rows_keep_a_wrapped_code_line_in_the_code_column():
+    doc = """Title.
+
+    The paper's algorithm:
+
+        for x in loader:
+            z = f(x)                 -> the backbone, per resolution
+                                        group, then the projector
+            L = loss(z)
+        update(params)               -> the trainer
+    """
+    _, rows, _ = book.pseudocode_rows(doc)
+    assert rows == [
+        ("for x in loader:", ""),
+        ("    z = f(x)", "the backbone, per resolution"),
+        ("", "group, then the projector"),  # not a pseudocode line indented by 40 spaces
+        ("    L = loss(z)", ""),  # indented less than the arrow: pseudocode again
+        ("update(params)", "the trainer"),
+    ]
+
+
+def test_method_docstrings_give_pseudocode_rows_that_fit_a_page_column():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import sslbook.methods
+
+    widths = {}
+    for info in pkgutil.iter_modules(sslbook.methods.__path__):
+        module = importlib.import_module(f"sslbook.methods.{info.name}")
+        _, rows, _ = book.pseudocode_rows(inspect.getdoc(module) or "")
+        widths[info.name] = max((len(p) - len(p.lstrip()) for p, _ in rows if p), default=-1)
+    assert widths["swav"] >= 0 and widths["moco"] >= 0
+    # a wrapped code line read as pseudocode would be indented by some 50 spaces (the SwAV page's table
+    # once overflowed its column so); the pseudocode itself nests a few levels deep at most
+    assert max(widths.values()) <= 16, widths
+
+
 def test_highlighted_code_wraps_in_the_browser_and_reads_as_text():
     code = book.HighlightedCode("x = 1", title="sslbook.losses.nt_xent")
     html = code._repr_html_()
