@@ -5,6 +5,7 @@ python benchmarks/report.py
 
 import json
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -401,6 +402,22 @@ measurement; `vs_lightly.py` runs the `cpu` profile only.)
 """
 
 
+def precision_words(precision) -> str:
+    """How a vs_lightly row's precision reads in the report: autocast only when it is not fp32."""
+    return "fp32 (no autocast)" if precision in (None, "fp32") else f"{precision} autocast"
+
+
+def ratio_ceiling(ours: Optional[dict], lightly: Optional[dict]) -> Optional[float]:
+    """The largest whole-loop speed ratio (ours / lightly) that removing all of our augmentation could
+    give: lightly's milliseconds per step (data wait + forward + backward + optimiser) over ours without
+    the augmentation. None when a breakdown is missing."""
+    if not ours or not lightly:
+        return None
+    parts = ("forward", "backward", "optimizer")
+    network = sum(ours[k] for k in parts)
+    return (lightly.get("data", 0) + sum(lightly[k] for k in parts)) / network if network > 0 else None
+
+
 def vs_lightly_sections():
     """One section per results/vs_lightly-<profile>.json (smoke results are skipped: meaningless)."""
     parts = []
@@ -417,7 +434,7 @@ def vs_lightly_sections():
             "",
             f"`{r['command']}`: {r.get('minutes_per_arm')} minutes of training per arm, one arm after the "
             f"other, each in a fresh process; profile {r['profile']} (ResNet-18 width {any_row.get('width')}, "
-            f"CIFAR stem, each method's cpu batch (column), {any_row.get('precision')} autocast, "
+            f"CIFAR stem, each method's cpu batch (column), {precision_words(any_row.get('precision'))}, "
             f"channels_last {any_row.get('channels_last')}); {env.get('date', '?')[:10]}, {env.get('cpu')}, "
             f"{env.get('cores')} cores, torch {env.get('torch')}, lightly {env.get('lightly')}. "
             "lightly's arm: its transforms in a 2-worker DataLoader, its heads, losses and momentum "
@@ -465,6 +482,23 @@ def vs_lightly_sections():
                         f"{_fmt(b.get('augment'), missing='(in workers)')} | {b['forward']:.0f} | "
                         f"{b['backward']:.0f} | {b['optimizer']:.0f} |"
                     )
+        ceilings = {
+            m: ratio_ceiling(
+                rows[(m, "ours")].get("breakdown_ms_per_step"), rows[(m, "lightly")].get("breakdown_ms_per_step")
+            )
+            for m in methods
+            if (m, "ours") in rows and (m, "lightly") in rows
+        }
+        ceilings = {m: c for m, c in ceilings.items() if c is not None}
+        if ceilings:
+            lines += [
+                "",
+                "The most the ratio could reach if our augmentation cost nothing (lightly's time per step over our "
+                "forward + backward + optimiser, from the table above; both arms run the same encoder module in the "
+                "same precision and memory format, so our network passes are the floor of our step): "
+                + ", ".join(f"{m} {c:.2f}x" for m, c in ceilings.items())
+                + ".",
+            ]
         faster = [m for m in methods if r["ratios"].get(m, {}).get("speed", 0) > 1]
         twice = [m for m in methods if r["ratios"].get(m, {}).get("speed", 0) >= 2]
         not_worse = [m for m in methods if r["ratios"].get(m, {}).get("knn_difference", -1) >= 0]

@@ -382,3 +382,18 @@ def test_data_variant_is_the_pretext_chapters_copy_of_the_dataset(tmp_path):
     folder = load_config("cifar10/simclr", [*base, "data.dataset=imagefolder", "data.variant=rotated"])
     with pytest.raises(ConfigError, match="data.variant=rotated needs an in-memory dataset"):
         load_datasets(folder)
+
+
+def test_report_bounds_the_speed_ratio_by_our_network_time():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    ours = {"data": 0, "augment": 18, "forward": 140, "backward": 304, "optimizer": 2}
+    lightly = {"data": 8, "augment": None, "forward": 370, "backward": 320, "optimizer": 2}
+    # lightly's 700 ms per step over our 446 ms of network passes (the 18 ms of augmentation left out)
+    assert report.ratio_ceiling(ours, lightly) == pytest.approx(700 / 446)
+    assert report.ratio_ceiling(None, lightly) is None and report.ratio_ceiling(ours, {}) is None
+    assert report.precision_words("fp32") == "fp32 (no autocast)"
+    assert report.precision_words("bf16") == "bf16 autocast"
