@@ -482,14 +482,11 @@ def vs_lightly_sections():
                         f"{_fmt(b.get('augment'), missing='(in workers)')} | {b['forward']:.0f} | "
                         f"{b['backward']:.0f} | {b['optimizer']:.0f} |"
                     )
-        ceilings = {
-            m: ratio_ceiling(
-                rows[(m, "ours")].get("breakdown_ms_per_step"), rows[(m, "lightly")].get("breakdown_ms_per_step")
-            )
-            for m in methods
-            if (m, "ours") in rows and (m, "lightly") in rows
-        }
-        ceilings = {m: c for m, c in ceilings.items() if c is not None}
+        ceilings = {}
+        for m in methods:
+            ours, theirs = (rows.get((m, side), {}).get("breakdown_ms_per_step") for side in ("ours", "lightly"))
+            if (ceiling := ratio_ceiling(ours, theirs)) is not None:
+                ceilings[m] = ceiling
         if ceilings:
             lines += [
                 "",

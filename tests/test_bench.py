@@ -108,12 +108,18 @@ def test_pixel_baseline():
     assert row["knn20_top1"] > 90 and row["linear_top1"] == 100.0
 
 
-def test_report_renders_bench_files(tmp_path, monkeypatch):
+def load_report():
+    """benchmarks/report.py as a module (benchmarks/ is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
+
+
+def test_report_renders_bench_files(tmp_path, monkeypatch):
+    report = load_report()
     rows = [
         {
             "config": "cifar10/simclr",
@@ -138,11 +144,7 @@ def test_report_renders_bench_files(tmp_path, monkeypatch):
 
 
 def test_report_holds_zoo_entries_to_their_goals():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_report()
     pixels = {"linear_top1": 37.96}
     line = report.zoo_target_line
     assert line("simclr", "architecture", {"knn200_top1": 65.87}, pixels) == "kNN >= 65.00: met (65.87)"
@@ -155,11 +157,7 @@ def test_report_holds_zoo_entries_to_their_goals():
 
 
 def test_report_has_one_shortcut_table_per_results_file(tmp_path, monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_report()
     common = {"date": "2026-12-04T21:29:19", "images": "2,000 test images", "boundary_contrast": [1.0] * 31}
     zoo_row = {
         "source": "zoo",
@@ -385,11 +383,7 @@ def test_data_variant_is_the_pretext_chapters_copy_of_the_dataset(tmp_path):
 
 
 def test_report_bounds_the_speed_ratio_by_our_network_time():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_report()
     ours = {"data": 0, "augment": 18, "forward": 140, "backward": 304, "optimizer": 2}
     lightly = {"data": 8, "augment": None, "forward": 370, "backward": 320, "optimizer": 2}
     # lightly's 700 ms per step over our 446 ms of network passes (the 18 ms of augmentation left out)

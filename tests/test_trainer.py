@@ -135,9 +135,10 @@ def train_in_fresh_process(tmp_path, *options) -> str:
     On a CPU without bf16 instructions (AVX2 only), the channels_last and torch.compile backward passes aborted
     the whole pytest process ("double free or corruption") once the suite had set torch to 1 thread; with 2
     threads, as a real run has, they pass. On that CPU the tiny channels_last run (4 s alone) also hung now and
-    then inside ``backward`` with both cores spinning, every time another process had taken a core meanwhile
-    (seen in 1 of 1 suite runs with a busy machine, 4 of 16 single runs beside a training run, 0 of 5 alone):
-    a livelock in torch's CPU threads, not in our code. So an attempt that runs out of time is retried, twice."""
+    then inside ``backward`` with both cores spinning, mostly when another process had taken a core meanwhile
+    (4 of 16 single runs beside a training run, 0 of 5 alone; in full suite runs once on a busy machine and once
+    with nothing else running): a livelock in torch's CPU threads, not in our code. So an attempt that runs out
+    of time is retried, twice."""
     tests = Path(__file__).resolve().parent
     for attempt in range(3):
         try:
