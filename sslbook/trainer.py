@@ -68,7 +68,9 @@ from .optim import build_optimizer, lr_at, peak_lr, set_lr
 from .utils import fork_rng
 
 CHECKPOINT = "checkpoint.pt"
-CALIBRATION_STEPS = (3, 13)  # with a time budget: time steps 3..13 to plan the schedule's length
+CALIBRATION_STEPS = (3, 13)  # with a time budget: time steps 3..13 to plan the schedule's length,
+REPLAN_FRACTION = 0.1  # then time the steps from 13 to a tenth of that plan and plan again (SchedulePlanner)
+REPLAN_MIN_STEPS = 10  # unless that window is shorter than this
 
 
 class TrainingDiverged(RuntimeError):
@@ -526,10 +528,10 @@ class RunResult:
 
 
 def record_step(record: dict) -> Optional[int]:
-    """The optimiser step a metrics record belongs to (a step record, an evaluation or the final results)."""
+    """The optimiser step a metrics record belongs to (a step record, an evaluation, a plan, the final results)."""
     if "step" in record:
         return record["step"]
-    inner = record.get("eval") or record.get("final") or {}
+    inner = record.get("eval") or record.get("final") or record.get("plan") or {}
     return inner.get("step", inner.get("steps"))
 
 
@@ -723,25 +725,34 @@ def train_step(run: Run, images: torch.Tensor, index: torch.Tensor, epoch: int, 
 class SchedulePlanner:
     """How many steps the learning-rate schedule spans, and whether the time budget is spent.
 
-    Without a time budget: ``epochs`` x steps per epoch. With one (``max_minutes``), steps
-    ``CALIBRATION_STEPS`` are timed and the schedule is fixed at as many steps as fit the budget
-    (capped at ``epochs``), so the cosine ends when the time does.
+    Without a time budget: ``epochs`` x steps per epoch. With one (``max_minutes``), the schedule
+    is fixed at as many steps as fit the budget (capped at ``epochs``), so the cosine ends when the
+    time does. The plan is made twice. Steps ``CALIBRATION_STEPS`` give a first one, but a run's
+    first steps are often slower than the rest (memory is allocated, kernels are chosen, the loader
+    fills up), so a plan from them alone ends the run early. The steps from there to a tenth of that
+    plan (``REPLAN_FRACTION``) are timed again and the plan is made again from them, once, while
+    the learning rate is still at its peak; the warm-up keeps its first length.
     """
 
     def __init__(self, cfg: Config, state: TrainState, steps_per_epoch: int, peak: float, device):
         self.cfg, self.state, self.steps_per_epoch, self.peak, self.device = cfg, state, steps_per_epoch, peak, device
         self.budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
-        self.start = None  # (wall clock, training seconds) at the first timed step
-        self.planned = state.total_steps is not None  # a resumed run keeps its plan
-        if not self.planned:
+        self.window = None  # (first step, last step) of the steps being timed for the next plan
+        self.window_start = None  # training seconds at the window's first step
+        self.side_costs = None  # seconds per step at each side of a progressive-resizing run, timed once
+        self.record = None  # the last plan, for the log
+        if state.total_steps is None:  # a resumed run keeps its plan
             self.plan(cfg.epochs * steps_per_epoch)
-            self.planned = self.budget is None or state.total_steps <= CALIBRATION_STEPS[1]
+            if self.budget is not None and state.total_steps > CALIBRATION_STEPS[1]:
+                self.window = CALIBRATION_STEPS
 
-    def plan(self, total: int) -> None:
+    def plan(self, total: int, warmup_steps: Optional[int] = None) -> None:
         self.state.total_steps = max(1, total)
         # A short run cannot afford a long warm-up: cap it at a tenth of the run.
-        self.state.warmup_steps = int(
-            min(self.cfg.optim.warmup_epochs * self.steps_per_epoch, 0.1 * self.state.total_steps)
+        self.state.warmup_steps = (
+            int(min(self.cfg.optim.warmup_epochs * self.steps_per_epoch, 0.1 * self.state.total_steps))
+            if warmup_steps is None
+            else warmup_steps
         )
 
     def lr(self) -> float:
@@ -750,39 +761,56 @@ class SchedulePlanner:
         return lr_at(state.step, state.total_steps, state.warmup_steps, self.peak, optim.schedule, optim.min_lr)
 
     def after_step(self, time_sides=None) -> bool:
-        """Time the calibration steps; True when the schedule's length has just been fixed.
+        """Time the planning windows; True when the schedule's length has just been fixed.
 
-        With progressive resizing the calibration steps run at the first side only, so
-        ``time_sides`` (a function returning seconds per step at each side of the schedule) tells
-        what the later, larger views will cost."""
-        state, first, last = self.state, *CALIBRATION_STEPS
-        if self.planned or state.step not in (first, last):
+        With progressive resizing the timed steps run at the first side only, so ``time_sides`` (a
+        function returning seconds per step at each side of the schedule) tells what the later,
+        larger views will cost."""
+        state = self.state
+        if self.window is None or state.step not in self.window:
             return False
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        first, last = self.window
         if state.step == first:
-            self.start = (time.perf_counter(), state.train_seconds)
+            self.window_start = state.train_seconds
             return False
-        if self.start is None:
+        if self.window_start is None:  # resumed inside the window: keep the plan
+            self.window = None
             return False
-        per_step = (state.train_seconds - self.start[1]) / (last - first)
-        most = self.cfg.epochs * self.steps_per_epoch
-        if self.cfg.data.crop_schedule:
-            fit = steps_that_fit(
-                self.cfg.data.crop_schedule,
-                state.step,
-                self.budget - state.train_seconds,
-                scaled_costs(per_step, time_sides() if time_sides else {}, self.cfg),
-                most,
-            )
-        else:
-            fit = state.step + int((self.budget - state.train_seconds) / per_step)
-        fit = torch.tensor(min(fit, most))
+        per_step = (state.train_seconds - self.window_start) / (last - first)
+        if self.side_costs is None and self.cfg.data.crop_schedule:
+            self.side_costs = time_sides() if time_sides else {}
+        first_plan = self.window == CALIBRATION_STEPS
+        fit = torch.tensor(self.steps_in_budget(per_step))
         if dist.world_size() > 1:
             torch.distributed.broadcast(fit, 0)  # every process follows rank 0's plan
-        self.plan(int(fit))
-        self.planned = True
+        self.plan(int(fit), warmup_steps=None if first_plan else state.warmup_steps)
+        self.record = {"step": state.step, "total_steps": state.total_steps, "seconds_per_step": per_step}
+        if self.side_costs:
+            self.record["seconds_per_step_at_side"] = self.side_costs
+        self.window = self.replan_window() if first_plan else None
+        self.window_start = state.train_seconds  # the second window starts at this step
         return True
+
+    def steps_in_budget(self, per_step: float) -> int:
+        """The schedule's length when the steps from now cost ``per_step`` seconds each (at the first side)."""
+        state, cfg = self.state, self.cfg
+        most = cfg.epochs * self.steps_per_epoch
+        seconds_left = self.budget - state.train_seconds
+        if not cfg.data.crop_schedule:
+            return min(most, state.step + int(seconds_left / per_step))
+        costs = scaled_costs(per_step, self.side_costs, cfg)
+        return steps_that_fit(cfg.data.crop_schedule, state.step, seconds_left, costs, most)
+
+    def replan_window(self) -> Optional[tuple]:
+        """The steps timed for the second plan: from now to a tenth of the first plan, all at the first
+        side of a progressive-resizing schedule; None when that leaves fewer than ``REPLAN_MIN_STEPS``."""
+        end = int(REPLAN_FRACTION * self.state.total_steps)
+        schedule = self.cfg.data.crop_schedule
+        if schedule and len(schedule) > 1:
+            end = min(end, math.ceil(schedule[1][0] * self.state.total_steps) - 1)
+        return (self.state.step, end) if end - self.state.step >= REPLAN_MIN_STEPS else None
 
     def over_budget(self) -> bool:
         """Whether the time budget is spent: the DDP stop vote (see :func:`stop_vote`)."""
@@ -1058,8 +1086,10 @@ def train(cfg: Config, method: Optional[Method] = None, datasets: Optional[tuple
             log.add(out["loss"])
             now = time.perf_counter()
             state.train_seconds, tick = state.train_seconds + now - tick, now
-            replanned = schedule.after_step(lambda: time_sides(run, images, index))  # time budget: plan once
-            tick = time.perf_counter() if replanned else tick  # planning is not training time
+            replanned = schedule.after_step(lambda: time_sides(run, images, index))  # time budgets: plan
+            if replanned:
+                log.write({"plan": schedule.record})
+                tick = time.perf_counter()  # planning is not training time
 
             finished = state.step >= state.total_steps or schedule.over_budget()
             done = finished or reached_max_steps(cfg, state)

@@ -14,7 +14,9 @@ from sslbook.methods.simclr import SimCLR
 from sslbook.models import resnet
 from sslbook.trainer import (
     CheckpointError,
+    SchedulePlanner,
     TrainingDiverged,
+    TrainState,
     build_augment,
     prepare_run,
     read_checkpoint,
@@ -197,12 +199,61 @@ def test_time_budget_plans_the_schedule(tmp_path, monkeypatch):
     result = train(cfg, datasets=data())
     state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")["state"]
     assert state["finished"]
-    # fixed from the timed steps 3..13, not epochs x steps per epoch = 400000
+    # fixed from the timed steps, not epochs x steps per epoch = 400000
     assert 13 < state["total_steps"] < 100000 * 4
     assert state["step"] == state["total_steps"]  # the cosine ends when the time does
     per_step = state["train_seconds"] / state["step"]
     assert 0.8 * 3.0 <= state["train_seconds"] <= 3.0 + 2 * per_step  # most of the 3-second budget, not more
     assert result.results["train_minutes"] == pytest.approx(state["train_seconds"] / 60)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (plan,) = [r["plan"] for r in log if "plan" in r]  # logged; too short a plan to be made again
+    assert plan["step"] == 13 and plan["total_steps"] == state["total_steps"] < 10 * (13 + 10)
+
+
+def run_planner(planner, state, seconds_per_step, steps, time_sides=None):
+    """Advance ``state`` by ``steps`` steps of ``seconds_per_step(step)`` each; the (step, plan) pairs."""
+    plans = []
+    for _ in range(steps):
+        state.step += 1
+        state.train_seconds += seconds_per_step(state.step)
+        if planner.after_step(time_sides):
+            plans.append((state.step, state.total_steps))
+    return plans
+
+
+def test_a_time_budget_is_planned_again_from_later_steps(tmp_path):
+    # A 2-minute budget; the first 13 steps take 0.5 s each, the rest 0.125 s.
+    cfg = config(tmp_path, "epochs=1000", "max_minutes=2", "optim.warmup_epochs=1")
+    state = TrainState()
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    assert state.total_steps == 1000 * 100  # no plan before the timed steps
+    plans = run_planner(planner, state, lambda step: 0.5 if step <= 13 else 0.125, 24)
+    # First plan, from steps 3..13 at 0.5 s: 13 + (120 - 6.5) / 0.5 = 240 steps, a warm-up of 24.
+    # Second, from steps 13..24 (a tenth of 240) at 0.125 s: 24 + (120 - 7.875) / 0.125 = 921 steps.
+    assert plans == [(13, 240), (24, 921)]
+    assert state.warmup_steps == 24  # kept: a new warm-up of 92 would drop the learning rate again
+    assert planner.lr() == 1.0  # the warm-up has just ended: the peak, before and after the new plan
+    assert state.train_seconds + (921 - 24) * 0.125 == 120.0  # the cosine ends when the budget does
+    assert run_planner(planner, state, lambda step: 0.125, 500) == []  # planned once more, not again
+
+
+def test_a_short_plan_or_an_early_side_change_leaves_no_second_window(tmp_path):
+    # 0.5 s a step in a 15-second budget: the first plan (13 + 17 = 30 steps) is too short to time again.
+    cfg = config(tmp_path, "epochs=1000", "max_minutes=0.25")
+    state = TrainState()
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    assert run_planner(planner, state, lambda step: 0.5, 30) == [(13, 30)]
+    # Progressive resizing: the second window stays at the first side, and the sides are timed once.
+    cfg = config(tmp_path, "epochs=1000", "max_minutes=2", "data.crop_schedule=[[0, 8], [0.04, 16]]")
+    state, calls = TrainState(), []
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    sides = lambda: calls.append(1) or {8: 1.0, 16: 2.0}  # noqa: E731
+    (first,) = run_planner(planner, state, lambda step: 0.125, 60, sides)
+    assert 0.04 * first[1] < 13 + 10 and planner.window is None and calls == [1]
+    cfg = config(tmp_path, "epochs=1000", "max_minutes=2", "data.crop_schedule=[[0, 8], [0.5, 16]]")
+    state, calls = TrainState(), []
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    assert len(run_planner(planner, state, lambda step: 0.125, 200, sides)) == 2 and calls == [1]
 
 
 def test_simsiam_predictor_keeps_a_fixed_lr_while_the_rest_follows_the_cosine(tmp_path):
