@@ -775,9 +775,6 @@ class SchedulePlanner:
         if state.step == first:
             self.window_start = state.train_seconds
             return False
-        if self.window_start is None:  # resumed inside the window: keep the plan
-            self.window = None
-            return False
         per_step = (state.train_seconds - self.window_start) / (last - first)
         if self.side_costs is None and self.cfg.data.crop_schedule:
             self.side_costs = time_sides() if time_sides else {}
