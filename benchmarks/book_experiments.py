@@ -121,6 +121,8 @@ EXPERIMENTS = {
             "crop-flip": ["data.variant=tinted", f"augment={CROP_FLIP_ONLY}"],
         },
         page="chapters/02_pretext/choosing.ipynb",
+        # both arms at 32 px throughout: the recipe's progressive resizing needs a named augmentation
+        common=("data.crop_schedule=null",),
         question="what does colour augmentation cost when the label is the colour (and buy for the objects)?",
         measure="object_knn",
     ),

@@ -1,6 +1,7 @@
 """The recipe-sweep harness and the book's experiments (benchmarks/sweep_recipes.py,
 benchmarks/book_experiments.py) and how a chapter shows their results (sslbook.book.show_sweep)."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -37,6 +38,17 @@ def test_experiment_arms_name_their_seeds_and_set_them():
         assert len(set(arms)) == len(arms)
         assert all(sweep_recipes.ARM_NAME.match(arm) for arm in arms), name
         assert (Path(__file__).resolve().parents[1] / exp.page).is_file(), exp.page
+
+
+def test_every_experiment_arm_is_a_valid_config():
+    # the sweep checks its arms before training too; this catches a bad arm before anyone starts one
+    from sslbook.config import load_config
+
+    for name, exp in book_experiments.EXPERIMENTS.items():
+        args = argparse.Namespace(profile="cpu", minutes=None, epochs=exp.epochs, set=["progress=false", *exp.common])
+        for arm, overrides in exp.arm_list():
+            cfg = load_config(f"cifar10/{exp.config}", sweep_recipes.arm_overrides(args, overrides))
+            assert cfg.epochs == exp.epochs and cfg.profile == "cpu", (name, arm)
 
 
 def test_unknown_experiment_is_one_line_and_exit_2(capsys):
