@@ -642,24 +642,41 @@ def show_sweep_curves(
     return fig
 
 
+def settings_verdict(settings: Optional[dict], a: str, b: str) -> Optional[str]:
+    """Whether setting ``a`` scored "above" or "below" setting ``b`` by more than the seeds' spread (the
+    sum of both half-ranges), or "within" it; None when either is missing or has a single seed, so
+    that the noise is not measured. For a chapter that branches on a result (see
+    :func:`compare_settings` for the words)."""
+    if not settings or a not in settings or b not in settings:
+        return None
+    ga, gb = settings[a], settings[b]
+    if ga["seeds"] < 2 or gb["seeds"] < 2:
+        return None
+    gap = ga["mean"] - gb["mean"]
+    if abs(gap) <= ga["spread"] + gb["spread"]:
+        return "within"
+    return "above" if gap > 0 else "below"
+
+
 def compare_settings(settings: Optional[dict], a: str, b: str, b_label: Optional[str] = None) -> str:
     """Words for setting ``a`` against setting ``b`` (called ``b_label`` in the text) that their
     numbers support, to glue after "``a`` scored": "3.10 points above the recipe (more than the seed
     spread, ±0.40)", "within the seed spread of the recipe (+0.20 points, ±0.40)", or, with a single
     seed, the bare difference said to be unmeasured against noise. ``settings`` is
     :func:`sweep_settings` or any dict of :func:`summarize` results; the spread is the sum of both
-    settings' half-ranges over seeds."""
+    settings' half-ranges over seeds (:func:`settings_verdict`)."""
     b_label = b_label or b
     if not settings or a not in settings or b not in settings:
         return f"(not measured here) against {b_label}"
     ga, gb = settings[a], settings[b]
     gap, noise = ga["mean"] - gb["mean"], ga["spread"] + gb["spread"]
-    side = "above" if gap > 0 else "below"
-    if ga["seeds"] < 2 or gb["seeds"] < 2:
+    verdict = settings_verdict(settings, a, b)
+    if verdict is None:
+        side = "above" if gap > 0 else "below"
         return f"{abs(gap):.2f} points {side} {b_label} (one seed, so the noise is not measured)"
-    if abs(gap) <= noise:
+    if verdict == "within":
         return f"within the seed spread of {b_label} ({gap:+.2f} points, ±{noise:.2f})"
-    return f"{abs(gap):.2f} points {side} {b_label} (more than the seed spread, ±{noise:.2f})"
+    return f"{abs(gap):.2f} points {verdict} {b_label} (more than the seed spread, ±{noise:.2f})"
 
 
 # ------------------------------------------------------------------------------------------------- runs

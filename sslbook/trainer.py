@@ -263,6 +263,7 @@ class TrainState:
     step: int = 0  # optimiser steps taken
     total_steps: Optional[int] = None  # planned length of the schedule (None until known)
     warmup_steps: int = 0
+    plans_made: int = 0  # with a time budget: how many of the planner's two plans are made
     train_seconds: float = 0.0  # wall clock spent training (evaluation excluded)
     images_seen: int = 0  # over all processes
     finished: bool = False
@@ -731,7 +732,8 @@ class SchedulePlanner:
     first steps are often slower than the rest (memory is allocated, kernels are chosen, the loader
     fills up), so a plan from them alone ends the run early. The steps from there to a tenth of that
     plan (``REPLAN_FRACTION``) are timed again and the plan is made again from them, once, while
-    the learning rate is still at its peak; the warm-up keeps its first length.
+    the learning rate is still at its peak; the warm-up keeps its first length. A run resumed before
+    both plans were made times its next steps (after the slow ones that follow a restart) and plans then.
     """
 
     def __init__(self, cfg: Config, state: TrainState, steps_per_epoch: int, peak: float, device):
@@ -741,10 +743,10 @@ class SchedulePlanner:
         self.window_start = None  # training seconds at the window's first step
         self.side_costs = None  # seconds per step at each side of a progressive-resizing run, timed once
         self.record = None  # the last plan, for the log
-        if state.total_steps is None:  # a resumed run keeps its plan
+        if state.total_steps is None:  # a fresh run: all the epochs, until timed steps tell otherwise
             self.plan(cfg.epochs * steps_per_epoch)
-            if self.budget is not None and state.total_steps > CALIBRATION_STEPS[1]:
-                self.window = CALIBRATION_STEPS
+        if self.budget is not None:
+            self.window = self.first_window()
 
     def plan(self, total: int, warmup_steps: Optional[int] = None) -> None:
         self.state.total_steps = max(1, total)
@@ -778,15 +780,16 @@ class SchedulePlanner:
         per_step = (state.train_seconds - self.window_start) / (last - first)
         if self.side_costs is None and self.cfg.data.crop_schedule:
             self.side_costs = time_sides() if time_sides else {}
-        first_plan = self.window == CALIBRATION_STEPS
+        first_plan = state.plans_made == 0
         fit = torch.tensor(self.steps_in_budget(per_step))
         if dist.world_size() > 1:
             torch.distributed.broadcast(fit, 0)  # every process follows rank 0's plan
         self.plan(int(fit), warmup_steps=None if first_plan else state.warmup_steps)
+        state.plans_made += 1
         self.record = {"step": state.step, "total_steps": state.total_steps, "seconds_per_step": per_step}
         if self.side_costs:
             self.record["seconds_per_step_at_side"] = self.side_costs
-        self.window = self.replan_window() if first_plan else None
+        self.window = self.replan_window(state.step) if first_plan else None
         self.window_start = state.train_seconds  # the second window starts at this step
         return True
 
@@ -800,14 +803,24 @@ class SchedulePlanner:
         costs = scaled_costs(per_step, self.side_costs, cfg)
         return steps_that_fit(cfg.data.crop_schedule, state.step, seconds_left, costs, most)
 
-    def replan_window(self) -> Optional[tuple]:
-        """The steps timed for the second plan: from now to a tenth of the first plan, all at the first
+    def first_window(self) -> Optional[tuple]:
+        """The steps to time first: ``CALIBRATION_STEPS`` counted from the step the run starts at (0, or
+        the step it resumes from), for the plans not made yet; None when there is nothing left to plan."""
+        state, (skip, last) = self.state, CALIBRATION_STEPS
+        if state.plans_made == 0:
+            return (state.step + skip, state.step + last) if state.total_steps > state.step + last else None
+        if state.plans_made == 1:
+            return self.replan_window(state.step + skip)
+        return None
+
+    def replan_window(self, first: int) -> Optional[tuple]:
+        """The steps timed for the second plan: from ``first`` to a tenth of the first plan, all at the first
         side of a progressive-resizing schedule; None when that leaves fewer than ``REPLAN_MIN_STEPS``."""
         end = int(REPLAN_FRACTION * self.state.total_steps)
         schedule = self.cfg.data.crop_schedule
         if schedule and len(schedule) > 1:
             end = min(end, math.ceil(schedule[1][0] * self.state.total_steps) - 1)
-        return (self.state.step, end) if end - self.state.step >= REPLAN_MIN_STEPS else None
+        return (first, end) if end - first >= REPLAN_MIN_STEPS else None
 
     def over_budget(self) -> bool:
         """Whether the time budget is spent: the DDP stop vote (see :func:`stop_vote`)."""
@@ -988,7 +1001,7 @@ def restore(run: Run, path: Path) -> TrainState:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
-    state = TrainState(**ckpt["state"])
+    state = TrainState(**{"plans_made": 2, **ckpt["state"]})  # checkpoints older than plans_made kept their plan
     if dist.world_size() > 1:  # a checkpoint of one process may resume on several: re-seed per rank
         torch.manual_seed(run.cfg.seed + 1000 * state.step + dist.rank())
     return state

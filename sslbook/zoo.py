@@ -93,7 +93,7 @@ ENTRIES = {
     "byol": Entry("cifar10/byol", 40, "architecture"),
     # the seven pretext tasks, at equal compute: about 30 minutes of 2 cores each, as epochs (so the run
     # stays deterministic): 30 min x the task's images/s in the 2-minute comparison (bench-cpu.json) /
-    # 50,000 images. Their per-image costs differ 12-fold (CPC 73 images/s, jigsaw 917).
+    # 50,000 images. Their per-image costs differ 12-fold (CPC 73 images/s, jigsaw 917, in the file of 2026-11-22).
     "rotation": Entry("cifar10/rotation", 8, "pretext"),
     "jigsaw": Entry("cifar10/jigsaw", 32, "pretext"),
     "relative_patch": Entry("cifar10/relative_patch", 30, "pretext"),

@@ -158,6 +158,14 @@ def test_compare_settings_words_follow_the_numbers_and_their_spread():
     assert book.compare_settings(settings, "d", "a") == "9.50 points above a (one seed, so the noise is not measured)"
     assert book.compare_settings(settings, "a", "zzz") == "(not measured here) against zzz"
     assert book.compare_settings(None, "a", "b", "B") == "(not measured here) against B"
+    # the verdict a chapter branches on, from the same numbers
+    assert [book.settings_verdict(settings, x, y) for x, y in (("a", "b"), ("b", "a"), ("a", "c"))] == [
+        "above",
+        "below",
+        "within",
+    ]
+    assert book.settings_verdict(settings, "d", "a") is None and book.settings_verdict(settings, "a", "zzz") is None
+    assert book.settings_verdict(None, "a", "b") is None
 
 
 def test_summarize_gives_mean_half_range_and_count():

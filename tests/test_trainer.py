@@ -237,6 +237,46 @@ def test_a_time_budget_is_planned_again_from_later_steps(tmp_path):
     assert run_planner(planner, state, lambda step: 0.125, 500) == []  # planned once more, not again
 
 
+def test_a_run_resumed_before_its_plans_times_its_next_steps(tmp_path):
+    cfg = config(tmp_path, "epochs=1000", "max_minutes=2", "optim.warmup_epochs=1")
+    # Interrupted at step 5, before any plan: the resumed run (a new planner on the restored state)
+    # times steps 8..18 at 0.25 s: 18 + (120 - 4.5) / 0.25 = 480 steps, a warm-up of 48; then steps
+    # 18..48 (a tenth of 480) at 0.125 s: 48 + (120 - 8.25) / 0.125 = 942.
+    state = TrainState()
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    assert run_planner(planner, state, lambda step: 0.25, 5) == [] and state.plans_made == 0
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    plans = run_planner(planner, state, lambda step: 0.25 if step <= 18 else 0.125, 60)
+    assert plans == [(18, 480), (48, 942)] and state.warmup_steps == 48 and state.plans_made == 2
+    # Interrupted between the two plans (0.125 s a step: 960 steps planned at step 13), resumed at
+    # step 40 on a machine half as fast: steps 43..96 are timed, 96 + (120 - 19) / 0.25 = 500 steps.
+    state = TrainState()
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    assert run_planner(planner, state, lambda step: 0.125, 40) == [(13, 960)] and state.plans_made == 1
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    assert planner.window == (43, 96)
+    assert run_planner(planner, state, lambda step: 0.25, 100) == [(96, 500)] and state.plans_made == 2
+    # Resumed after both plans: nothing is timed again.
+    planner = SchedulePlanner(cfg, state, steps_per_epoch=100, peak=1.0, device=torch.device("cpu"))
+    assert planner.window is None and run_planner(planner, state, lambda step: 0.5, 100) == []
+
+
+def test_a_time_budgeted_run_interrupted_before_its_plan_is_planned_when_resumed(tmp_path, monkeypatch):
+    import sslbook.trainer
+
+    monkeypatch.setattr(sslbook.trainer, "time", FakeClock(tick=0.05))
+    budget = ("epochs=100000", "eval_every=0", "max_minutes=0.05", "log_every=100")
+    train(config(tmp_path, *budget, "max_steps=5"), datasets=data())
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")["state"]
+    assert state["step"] == 5 and state["plans_made"] == 0 and not state["finished"]
+    train(config(tmp_path, *budget, "resume=auto"), datasets=data())
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")["state"]
+    assert state["finished"] and state["plans_made"] >= 1
+    assert state["step"] == state["total_steps"] < 100000 * 4  # the cosine ran to its end, in the budget
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["plan"]["step"] for r in log if "plan" in r][0] == 5 + 13  # timed after the restart
+
+
 def test_a_short_plan_or_an_early_side_change_leaves_no_second_window(tmp_path):
     # 0.5 s a step in a 15-second budget: the first plan (13 + 17 = 30 steps) is too short to time again.
     cfg = config(tmp_path, "epochs=1000", "max_minutes=0.25")
