@@ -412,16 +412,15 @@ def sample_examples(
 
 
 # ------------------------------------------------------------------------------------------------- glue
-def glue(name: str, value: Any, fmt: Optional[str] = None, display: bool = False) -> Any:
+def glue(name: str, value: Any, fmt: Optional[str] = None, display: bool = False) -> None:
     """Store ``value`` under ``name`` for the prose (``{glue:text}`name``` in a Markdown cell), like
     ``myst_nb.glue`` but without needing myst-nb (Colab does not have it). ``fmt`` formats numbers
-    (``"{:.1f}"``). Returns ``value``."""
+    (``"{:.1f}"``). Returns nothing, so that a cell ending with a glue shows no stray value."""
     from IPython.display import display as ipy_display
 
     text = value if isinstance(value, str) else (fmt.format(value) if fmt else repr(value))
     prefix = "" if display else "application/papermill.record/"
     ipy_display({prefix + "text/plain": text}, raw=True, metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})
-    return value
 
 
 # ------------------------------------------------------------------------------------------------- zoo

@@ -46,6 +46,20 @@ def test_sample_examples_unlabelled_and_errors():
 MARKDOWN = "| method | kNN top-1 (%) |\n|---|---:|\n| **SimCLR** | 41.3 |\n| `a\\|b` | 9.0 |"
 
 
+def test_glue_records_the_text_for_the_prose_and_returns_nothing(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw, metadata: shown.append((data, metadata)))
+    assert book.glue("gap", 1.23456, "{:.2f}") is None  # nothing for the cell to echo
+    assert book.glue("words", "above") is None
+    record = "application/papermill.record/"  # hidden from the page, read by {glue:text}
+    assert shown == [
+        ({record + "text/plain": "1.23"}, {"scrapbook": {"name": "gap", "mime_prefix": record}}),
+        ({record + "text/plain": "above"}, {"scrapbook": {"name": "words", "mime_prefix": record}}),
+    ]
+
+
 def test_markdown_table_becomes_html_table():
     t = book.table(MARKDOWN)
     assert t.header == ["method", "kNN top-1 (%)"] and t.align == ["left", "right"]

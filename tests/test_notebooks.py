@@ -1,5 +1,6 @@
 """Notebook health: the stored outputs are the book, so they must come from one clean run."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -40,6 +41,20 @@ def test_stored_outputs_are_one_cpu_run(path):
     )
     stderr = [o for c in code for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not any("Traceback" in "".join(o.get("text", "")) for o in stderr)
+    # a value glued for the prose is not echoed under the cell as well (book.glue returns nothing)
+    echoed = [c for c in code if _ends_with_glue(c) and any(o["output_type"] == "execute_result" for o in c["outputs"])]
+    assert not echoed, f"{path.name}: a cell ending in book.glue shows the glued value as a stray output"
+
+
+def _ends_with_glue(cell) -> bool:
+    try:
+        body = ast.parse("".join(cell["source"])).body
+    except SyntaxError:  # IPython magics
+        return False
+    last = body[-1] if body else None
+    return (
+        isinstance(last, ast.Expr) and isinstance(last.value, ast.Call) and ast.unparse(last.value.func) == "book.glue"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
