@@ -38,11 +38,16 @@ MAX_LINES = 40
 
 # ----------------------------------------------------------------------------------------------- tables
 def _inline_html(text: str) -> str:
-    """A table cell's Markdown (``**bold**``, ```code```) as HTML; everything else is escaped."""
-    out = html.escape(text)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
-    return out
+    """A table cell's Markdown (``**bold**``, ``*italic*``, ```code```) as HTML; everything else is
+    escaped. A ``*`` between words or next to a space (``2*3``, ``a * b``) stays a star."""
+    out = []
+    for part in re.split(r"(`[^`]+`)", text):  # code spans keep their stars
+        if len(part) > 1 and part[0] == part[-1] == "`":
+            out.append(f"<code>{html.escape(part[1:-1])}</code>")
+            continue
+        part = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", html.escape(part))
+        out.append(re.sub(r"(?<![*\w])\*(?=[^*\s])([^*]*?)(?<=[^*\s])\*(?![*\w])", r"<em>\1</em>", part))
+    return "".join(out)
 
 
 def _split_row(line: str) -> list[str]:
@@ -313,7 +318,7 @@ def show_doc(obj: Any, width: int = COLUMN, max_lines: int = MAX_LINES) -> None:
 
     if isinstance(obj, str):
         obj = resolve(obj)
-    doc = inspect.getdoc(obj) or ""
+    doc = sphinx_roles_as_code(inspect.getdoc(obj) or "")
     wrapped = [piece for line in doc.splitlines() for piece in wrap_line(line, width)]
     if len(wrapped) > max_lines:
         wrapped = wrapped[: max_lines - 1] + [f"... ({len(wrapped) - max_lines + 1} more lines)"]
@@ -348,6 +353,12 @@ def pseudocode_rows(doc: str) -> tuple[list[str], list[tuple[str, str]], list[st
     return lines[:start], rows, lines[end:]
 
 
+def sphinx_roles_as_code(text: str) -> str:
+    """A docstring's Sphinx cross-references (``:func:`~a.b```) as plain Markdown code (```a.b```), for
+    docstring prose shown on a page, where the role would print literally."""
+    return re.sub(r":(?:py:)?(?:func|meth|class|mod|attr|data|obj|exc):`~?([^`]+)`", r"`\1`", text)
+
+
 def show_pseudocode(obj: Any) -> None:
     """Show a docstring that maps a paper's pseudocode to the code (the method modules' docstrings) as
     prose, and the mapping as a two-column table: each pseudocode line beside what implements it."""
@@ -356,6 +367,7 @@ def show_pseudocode(obj: Any) -> None:
     if isinstance(obj, str):
         obj = resolve(obj)
     before, rows, after = pseudocode_rows(inspect.getdoc(obj) or "")
+    before, after = [sphinx_roles_as_code(line) for line in before], [sphinx_roles_as_code(line) for line in after]
     if before:
         display(Markdown("\n".join(before)))
     if rows:
@@ -415,12 +427,17 @@ def sample_examples(
 def glue(name: str, value: Any, fmt: Optional[str] = None, display: bool = False) -> None:
     """Store ``value`` under ``name`` for the prose (``{glue:text}`name``` in a Markdown cell), like
     ``myst_nb.glue`` but without needing myst-nb (Colab does not have it). ``fmt`` formats numbers
-    (``"{:.1f}"``). Returns nothing, so that a cell ending with a glue shows no stray value."""
+    (``"{:.1f}"``). Returns nothing, so that a cell ending with a glue shows no stray value.
+
+    The record holds the text as a Python string literal, as IPython shows a ``str``: myst-nb reads a
+    glued value with ``ast.literal_eval``, which would turn bare text such as ``24,576`` into a tuple,
+    ``+1.60`` into ``1.6`` and ``38.00`` into ``38.0``."""
     from IPython.display import display as ipy_display
 
     text = value if isinstance(value, str) else (fmt.format(value) if fmt else repr(value))
     prefix = "" if display else "application/papermill.record/"
-    ipy_display({prefix + "text/plain": text}, raw=True, metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})
+    record = {prefix + "text/plain": repr(text)}
+    ipy_display(record, raw=True, metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})
 
 
 # ------------------------------------------------------------------------------------------------- zoo
@@ -603,7 +620,10 @@ def show_sweep(name: str, labels: Optional[dict] = None, logged: Sequence[str] =
         for key in logged:
             values = [a["step_curve"][-1].get(key) for a in g["arms"] if a.get("step_curve")]
             values = [v for v in values if v is not None]
-            row[f"last {key}"] = sum(values) / len(values) if values else None
+            mean = sum(values) / len(values) if values else None
+            # small values keep three significant digits: an output std of 0.0214 against 0.0072 is
+            # a collapse, which two decimals (0.02 against 0.01) would hide
+            row[f"last {key}"] = None if mean is None else f"{mean:.2f}" if abs(mean) >= 1 else f"{mean:.3g}"
         rows.append(row)
     show_table(
         rows,

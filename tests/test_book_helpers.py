@@ -55,9 +55,23 @@ def test_glue_records_the_text_for_the_prose_and_returns_nothing(monkeypatch):
     assert book.glue("words", "above") is None
     record = "application/papermill.record/"  # hidden from the page, read by {glue:text}
     assert shown == [
-        ({record + "text/plain": "1.23"}, {"scrapbook": {"name": "gap", "mime_prefix": record}}),
-        ({record + "text/plain": "above"}, {"scrapbook": {"name": "words", "mime_prefix": record}}),
+        ({record + "text/plain": "'1.23'"}, {"scrapbook": {"name": "gap", "mime_prefix": record}}),
+        ({record + "text/plain": "'above'"}, {"scrapbook": {"name": "words", "mime_prefix": record}}),
     ]
+
+
+@pytest.mark.parametrize("text", ["24,576", "+1.60", "38.00", "1.50, 1.50, 1.00", "it's 10", "None", "[1, 2]"])
+def test_glued_text_reaches_the_prose_unchanged(monkeypatch, text):
+    # myst-nb's {glue:text} passes the record through ast.literal_eval: bare text such as 24,576
+    # would come out as the tuple (24, 576), +1.60 as 1.6
+    format_plain_text = pytest.importorskip("myst_nb.core.variables").format_plain_text
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw, metadata: shown.append(data))
+    book.glue("x", text)
+    (stored,) = shown[0].values()
+    assert format_plain_text(stored, "") == text
 
 
 def test_markdown_table_becomes_html_table():
@@ -68,6 +82,22 @@ def test_markdown_table_becomes_html_table():
     assert '<td style="text-align:left"><strong>SimCLR</strong></td>' in html
     assert '<td style="text-align:right">41.3</td>' in html
     assert "|---" not in html and "<code>a|b</code>" in html  # an escaped pipe stays in its cell
+
+
+@pytest.mark.parametrize(
+    "cell, html",
+    [
+        ("*raw pixels*", "<em>raw pixels</em>"),
+        ("*41.25*", "<em>41.25</em>"),
+        ("**SimCLR** and *x*", "<strong>SimCLR</strong> and <em>x</em>"),
+        ("2*3*4", "2*3*4"),  # multiplication, not emphasis
+        ("a * b * c", "a * b * c"),
+        ("`*args*`", "<code>*args*</code>"),
+    ],
+)
+def test_table_cell_markdown(cell, html):
+    assert book.table(f"| h |\n|---|\n| {cell} |").rows[0][0] == cell
+    assert f">{html}</td>" in book.table(f"| h |\n|---|\n| {cell} |")._repr_html_()
 
 
 def test_table_from_dicts_and_lists():
@@ -257,3 +287,11 @@ def test_results_file_reads_benchmarks_results_or_gives_none(tmp_path):
     assert book.results_file("shortcut-context", root=tmp_path) == {"rows": [1, 2]}
     assert book.sweep_results("a", root=tmp_path) == {"arms": []}
     assert book.results_file("missing", root=tmp_path) is None
+
+
+def test_sphinx_roles_become_plain_code_in_docstring_prose():
+    text = "see :func:`sslbook.eval.knn` and :meth:`~sslbook.methods.SimCLR.forward`, :class:`Foo`; `x` stays"
+    assert (
+        book.sphinx_roles_as_code(text)
+        == "see `sslbook.eval.knn` and `sslbook.methods.SimCLR.forward`, `Foo`; `x` stays"
+    )

@@ -177,3 +177,53 @@ def test_screenshot_of_every_chapter(tmp_path):
         shot = folder / f"{page.split('/')[-1]}.png"
         run_chromium(exe, tmp_path, "--window-size=1280,2400", f"--screenshot={shot}", (HTML / f"{page}.html").as_uri())
         assert shot.exists() and shot.stat().st_size > 20_000, f"no screenshot of {page}"
+
+
+# ---------------------------------------------------------------------------------------- glued values
+def glued_in_prose(page: str) -> dict[str, str]:
+    """name -> stored text of every value the page's Markdown glues in with {glue:text}`name`."""
+    import ast
+
+    nb = json.loads((ROOT / f"{page}.ipynb").read_text())
+    used = {
+        m
+        for c in nb["cells"]
+        if c["cell_type"] == "markdown"
+        for m in re.findall(r"\{glue:text\}`([^`]+)`", "".join(c["source"]))
+    }
+    stored = {}
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            meta = out.get("metadata", {}).get("scrapbook")
+            if meta and meta["name"] in used:
+                text = out["data"][meta.get("mime_prefix", "") + "text/plain"]
+                stored[meta["name"]] = ast.literal_eval("".join(text) if isinstance(text, list) else text)
+    return stored
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.split("/")[-1] for p in PAGES])
+def test_glued_values_reach_the_prose_as_computed(page):
+    # myst-nb evaluates a glued record before it prints it: a bare "24,576" came out as "(24, 576)"
+    html = HTML / f"{page}.html"
+    if not html.exists():
+        if REQUIRED:
+            pytest.fail(f"{html} is missing: the book build did not produce this chapter")
+        pytest.skip("book not built")
+    text = _plain(html_module.unescape(re.sub(r"<[^>]+>", "", html.read_text())))
+    missing = {name: value for name, value in glued_in_prose(page).items() if _plain(str(value)) not in text}
+    assert not missing, f"{page}: glued values not on the page as the notebook computed them: {missing}"
+
+
+def _plain(text: str) -> str:
+    """Text with its whitespace collapsed and Sphinx's smart quotes, dashes and ellipses undone."""
+    for smart, plain in (
+        ("\u2018", "'"),
+        ("\u2019", "'"),
+        ("\u201c", '"'),
+        ("\u201d", '"'),
+        ("\u2014", "---"),
+        ("\u2013", "--"),
+        ("\u2026", "..."),
+    ):
+        text = text.replace(smart, plain)
+    return " ".join(text.split())

@@ -93,7 +93,8 @@ def test_show_sweep_reads_the_results_file_and_names_the_command_when_missing(tm
     assert shown["no-stopgrad"]["mean"] == 12.0
     out = capsys.readouterr().out
     assert out.index("without") < out.index("with ")  # the labels' order
-    assert "0.00" in out and "0.06" in out  # the last logged output std of each arm
+    # the last logged output std of each arm, small values to three significant digits
+    assert "0.001" in out and "0.06" in out and "0.00 " not in out
 
 
 def test_sweep_curves_draw_the_seed_0_arm_of_each_setting(tmp_path, capsys):

@@ -44,6 +44,28 @@ def test_stored_outputs_are_one_cpu_run(path):
     # a value glued for the prose is not echoed under the cell as well (book.glue returns nothing)
     echoed = [c for c in code if _ends_with_glue(c) and any(o["output_type"] == "execute_result" for o in c["outputs"])]
     assert not echoed, f"{path.name}: a cell ending in book.glue shows the glued value as a stray output"
+    # myst-nb reads a glued record with ast.literal_eval: only a string literal reaches the prose as
+    # it was computed (a bare 24,576 would render as the tuple (24, 576), +1.60 as 1.6)
+    bare = [r for r in _glue_records(code) if not _is_str_literal(r)]
+    assert not bare, f"{path.name}: glued records {bare[:3]} are not string literals; re-run the page"
+
+
+def _glue_records(code) -> list[str]:
+    records = []
+    for cell in code:
+        for out in cell.get("outputs", []):
+            meta = out.get("metadata", {}).get("scrapbook")
+            if meta:
+                text = out["data"][meta.get("mime_prefix", "") + "text/plain"]
+                records.append("".join(text) if isinstance(text, list) else text)
+    return records
+
+
+def _is_str_literal(text: str) -> bool:
+    try:
+        return isinstance(ast.literal_eval(text), str)
+    except (SyntaxError, ValueError):
+        return False
 
 
 def _ends_with_glue(cell) -> bool:

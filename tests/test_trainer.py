@@ -446,3 +446,21 @@ def test_timing_the_sides_leaves_the_run_unchanged(tmp_path):
     assert sorted(costs) == [8, 16] and all(c > 0 for c in costs.values())
     assert torch.equal(params(run.method), weights) and torch.equal(torch.get_rng_state(), rng)
     assert not hasattr(run.method, "sides")  # the copy took the steps
+
+
+def test_timing_the_sides_skips_the_warm_up_and_takes_the_fastest_step(tmp_path, monkeypatch):
+    import sslbook.trainer as trainer
+
+    cfg = config(tmp_path, "data.crop_schedule=[[0, 8], [0.5, 16]]")
+    run = prepare_run(cfg, side_recording_simclr(), data())
+    images, _, index = next(iter(run.loader.epoch(0)))
+    clock = [0.0]
+    # per side: two slow warm-up steps (fresh memory, kernel choices), then 0.3, 0.2 and 0.4 s
+    durations = iter([9.0, 5.0, 0.3, 0.2, 0.4] + [9.0, 5.0, 1.2, 0.8, 1.0])
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock[0])
+
+    def fake_step(*args, **kwargs):
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(trainer, "train_step", fake_step)
+    assert time_sides(run, images, index) == pytest.approx({8: 0.2, 16: 0.8})
