@@ -116,3 +116,15 @@ def seeded_sgd_step(make_method, views, seed: int = 0) -> tuple[torch.Tensor, to
     method(views, torch.arange(len(views[0])))["loss"].backward()
     optimizer.step()
     return start, flat_params(method)
+
+
+def glue_records(cells) -> list[tuple[str, str]]:
+    """(name, stored record) of every value the notebook cells glued with ``book.glue``, in order."""
+    records = []
+    for cell in cells:
+        for out in cell.get("outputs", []):
+            meta = out.get("metadata", {}).get("scrapbook")
+            if meta:
+                text = out["data"][meta.get("mime_prefix", "") + "text/plain"]
+                records.append((meta["name"], "".join(text) if isinstance(text, list) else text))
+    return records

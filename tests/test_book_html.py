@@ -4,6 +4,7 @@
 missing browser fails; a bare `pytest tests` without a build skips these tests.
 """
 
+import ast
 import html as html_module
 import json
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import glue_records
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -181,24 +184,11 @@ def test_screenshot_of_every_chapter(tmp_path):
 
 # ---------------------------------------------------------------------------------------- glued values
 def glued_in_prose(page: str) -> dict[str, str]:
-    """name -> stored text of every value the page's Markdown glues in with {glue:text}`name`."""
-    import ast
-
+    """name -> text of every value the page's Markdown glues in with {glue:text}`name`."""
     nb = json.loads((ROOT / f"{page}.ipynb").read_text())
-    used = {
-        m
-        for c in nb["cells"]
-        if c["cell_type"] == "markdown"
-        for m in re.findall(r"\{glue:text\}`([^`]+)`", "".join(c["source"]))
-    }
-    stored = {}
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            meta = out.get("metadata", {}).get("scrapbook")
-            if meta and meta["name"] in used:
-                text = out["data"][meta.get("mime_prefix", "") + "text/plain"]
-                stored[meta["name"]] = ast.literal_eval("".join(text) if isinstance(text, list) else text)
-    return stored
+    prose = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    used = set(re.findall(r"\{glue:text\}`([^`]+)`", prose))
+    return {name: ast.literal_eval(record) for name, record in glue_records(nb["cells"]) if name in used}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.split("/")[-1] for p in PAGES])

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import glue_records
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 # drafts/: pages written but not yet executed in the cpu profile; their source follows the same rules
@@ -46,19 +48,8 @@ def test_stored_outputs_are_one_cpu_run(path):
     assert not echoed, f"{path.name}: a cell ending in book.glue shows the glued value as a stray output"
     # myst-nb reads a glued record with ast.literal_eval: only a string literal reaches the prose as
     # it was computed (a bare 24,576 would render as the tuple (24, 576), +1.60 as 1.6)
-    bare = [r for r in _glue_records(code) if not _is_str_literal(r)]
+    bare = [record for _, record in glue_records(code) if not _is_str_literal(record)]
     assert not bare, f"{path.name}: glued records {bare[:3]} are not string literals; re-run the page"
-
-
-def _glue_records(code) -> list[str]:
-    records = []
-    for cell in code:
-        for out in cell.get("outputs", []):
-            meta = out.get("metadata", {}).get("scrapbook")
-            if meta:
-                text = out["data"][meta.get("mime_prefix", "") + "text/plain"]
-                records.append("".join(text) if isinstance(text, list) else text)
-    return records
 
 
 def _is_str_literal(text: str) -> bool:
